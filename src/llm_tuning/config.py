@@ -1,0 +1,321 @@
+"""The run configuration: four typed sections (`model`, `method`, `data`, `train`) from one YAML file
+plus `section.key=value` overrides.
+
+Each field carries its own help text and constraints in `field(metadata=...)`, so that validation,
+error messages and the README's config reference all come from this one place. The `method` section
+is typed by the chosen method's own options class (see `methods/`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+
+def option(default: Any, help: str, choices: tuple = (), min: float | None = None, max: float | None = None):
+    """A config field with its documentation and constraints (min/max are inclusive)."""
+    metadata = {"help": help, "choices": choices, "min": min, "max": max}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class ModelConfig:
+    path: str = option("smollm2-135m", "Base model: a local Hugging Face folder, a built-in alias (smollm2-135m) or a hub id.")
+    trust_remote_code: bool = option(False, "Run the model's own Python code from its folder or hub repository. Only for models you trust.")
+
+
+@dataclass
+class DataConfig:
+    path: str | None = option(None, "Training data: Alpaca-style records (instruction, input, output) in a .json or .jsonl file.")
+    template: str = option(
+        "auto",
+        "Prompt format: `plain` (`Human: {instruction}\\n{input}\\n\\nAssistant: `), `native` (the tokenizer's chat template) "
+        "or `auto` (native when the tokenizer has a chat template, else plain).",
+        choices=("auto", "plain", "native"),
+    )
+    max_length: int = option(512, "Longest sample in tokens; longer samples are cut there and get no EOS.", min=8)
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = option("runs/default", "Where the adapter, checkpoints, log and run summary go.")
+    max_steps: int | None = option(None, "Optimizer steps to run; when set it takes precedence over num_epochs.", min=1)
+    num_epochs: float = option(1.0, "Passes over the data (when max_steps is not set).", min=0.0)
+    batch_size: int = option(4, "Samples per micro-batch.", min=1)
+    gradient_accumulation_steps: int = option(1, "Micro-batches per optimizer step.", min=1)
+    learning_rate: float = option(2.0e-4, "Peak learning rate (AdamW).", min=0.0)
+    lr_scheduler: str = option(
+        "cosine",
+        "Learning-rate schedule after warmup.",
+        choices=("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"),
+    )
+    warmup_ratio: float = option(0.03, "Share of the steps spent warming up the learning rate linearly from 0.", min=0.0, max=0.99)
+    weight_decay: float = option(0.0, "AdamW weight decay.", min=0.0)
+    max_grad_norm: float = option(1.0, "Gradient clipping norm (0 turns clipping off).", min=0.0)
+    logging_steps: int = option(5, "Log the loss every N optimizer steps.", min=1)
+    save_steps: int = option(50, "Write a checkpoint every N optimizer steps.", min=1)
+    save_total_limit: int | None = option(2, "Keep at most this many checkpoints (oldest deleted first); null keeps all.", min=1)
+    seed: int = option(42, "Random seed for initialisation, dropout and data order.")
+    overwrite: bool = option(False, "Allow writing into a non-empty output_dir (its old contents are deleted).")
+    resume: bool = option(False, "Continue from the last checkpoint in output_dir.")
+    report_to: str = option("none", "Also log to TensorBoard (`tensorboard`, needs the tensorboard package).", choices=("none", "tensorboard"))
+
+
+SECTIONS = ("model", "method", "data", "train")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: Any = None  # the options dataclass of the chosen method, see methods.method_options
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(source: str | Path | dict | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a validated Config from a YAML path (or a dict, or nothing: all defaults) and `key=value` overrides."""
+    raw, where = _read_source(source)
+    for item in overrides:
+        section, key, value = _parse_override(item)
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise UserError(f"config section '{section}' must be a mapping, got {type(raw[section]).__name__}")
+        raw[section][key] = value
+        where[f"{section}.{key}"] = f"override '{item}'"
+    return build_config(raw, where)
+
+
+def build_config(raw: dict, where: dict[str, str] | None = None) -> Config:
+    from .methods import method_options  # the method registry depends on config helpers, not the reverse
+
+    where = where or {}
+    for section in raw:
+        if section not in SECTIONS:
+            raise UserError(f"unknown config section '{section}'{_at(where, section)}; valid sections: {', '.join(SECTIONS)}")
+        if raw[section] is not None and not isinstance(raw[section], dict):
+            raise UserError(f"config section '{section}'{_at(where, section)} must be a mapping of keys to values")
+    config = Config(
+        model=build_section(ModelConfig, "model", raw.get("model") or {}, where),
+        method=method_options(dict(raw.get("method") or {}), where),
+        data=build_section(DataConfig, "data", raw.get("data") or {}, where),
+        train=build_section(TrainConfig, "train", raw.get("train") or {}, where),
+    )
+    _absolutize_paths(config)
+    return config
+
+
+def build_section(cls: type, section: str, values: dict, where: dict[str, str]):
+    """Instantiate dataclass `cls` from `values`, checking names, types and constraints."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        path = f"{section}.{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean '{section}.{close[0]}'?)" if close else ""
+            raise UserError(
+                f"unknown config key '{path}'{_at(where, path)}{hint}; valid keys in '{section}': {', '.join(fields)}"
+            )
+        kwargs[key] = _check_value(path, value, hints[key], fields[key].metadata, where)
+    return cls(**kwargs)
+
+
+def _check_value(path: str, value: Any, hint: Any, meta: typing.Mapping, where: dict[str, str]) -> Any:
+    try:
+        value = _coerce(value, hint)
+    except TypeError as e:
+        raise UserError(f"config key '{path}'{_at(where, path)}: expected {e}, got {value!r}") from None
+    choices = meta.get("choices") or ()
+    if choices and value not in choices:
+        raise UserError(f"config key '{path}'{_at(where, path)}: {value!r} is not one of: {', '.join(map(str, choices))}")
+    low, high = meta.get("min"), meta.get("max")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f">= {low}" if high is None else f"between {low} and {high}" if low is not None else f"<= {high}"
+            raise UserError(f"config key '{path}'{_at(where, path)}: {value!r} is out of range; it must be {bounds}")
+    return value
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """Return `value` as type `hint`, or raise TypeError naming the expected type."""
+    if hint is Any:
+        return value
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option_type in options:
+            if option_type is type(None):
+                continue
+            try:
+                return _coerce(value, option_type)
+            except TypeError:
+                pass
+        raise TypeError(_type_name(hint))
+    if origin is list:
+        (item_type,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise TypeError(_type_name(hint))
+        return [_coerce(item, item_type) for item in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError("true or false")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TypeError("an integer")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # YAML 1.1 reads `2e-4` (no dot) as a string; accept it as the number the user meant.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise TypeError("a number")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise TypeError("a string")
+    raise AssertionError(f"unsupported config type {hint}")
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+
+
+def _type_name(hint: Any) -> str:
+    """The type in words, for messages and the README: "a list of strings or a string or null"."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(t) for t in typing.get_args(hint))
+    if origin is list:
+        return "a list of " + _type_name(typing.get_args(hint)[0]).split(" ", 1)[1] + "s"
+    return _TYPE_NAMES[hint]
+
+
+def _at(where: dict[str, str], path: str) -> str:
+    return f" ({where[path]})" if path in where else ""
+
+
+def _read_source(source: str | Path | dict | None) -> tuple[dict, dict[str, str]]:
+    if source is None:
+        return {}, {}
+    if isinstance(source, dict):
+        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in source.items()}, {}
+    path = Path(source)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text)
+        lines = _key_lines(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{path}{line}: invalid YAML: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a config must be a mapping with sections {', '.join(SECTIONS)}")
+    return raw, {key: f"{path}:{line}" for key, line in lines.items()}
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Map `section` and `section.key` to the 1-based line where the YAML file sets them."""
+    root = yaml.compose(text)
+    lines: dict[str, int] = {}
+    if not isinstance(root, yaml.MappingNode):
+        return lines
+    for section_node, body in root.value:
+        section = section_node.value
+        lines[section] = section_node.start_mark.line + 1
+        if isinstance(body, yaml.MappingNode):
+            for key_node, _ in body.value:
+                lines[f"{section}.{key_node.value}"] = key_node.start_mark.line + 1
+    return lines
+
+
+def _parse_override(item: str) -> tuple[str, str, Any]:
+    name, sep, text = item.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not sep or not dot or not key or "." in key:
+        raise UserError(f"bad override '{item}': write section.key=value, e.g. train.max_steps=20 (sections: {', '.join(SECTIONS)})")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text  # not YAML (e.g. an unbalanced bracket): take it as the literal string
+    return section, key, value
+
+
+def _absolutize_paths(config: Config) -> None:
+    """Relative paths are taken from the current directory; store them absolute so a run dir works anywhere."""
+    if config.data.path:
+        config.data.path = str(Path(config.data.path).expanduser().resolve())
+    config.train.output_dir = str(Path(config.train.output_dir).expanduser().resolve())
+    model_path = Path(config.model.path).expanduser()
+    if model_path.exists():
+        config.model.path = str(model_path.resolve())
+
+
+# --------------------------------------------------------------------------------------------------
+# Runs
+
+
+RUN_CONFIG_FILE = "config.yaml"
+
+
+def save_run_config(config: Config, run_dir: str | Path) -> None:
+    Path(run_dir, RUN_CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    """The resolved config a training run stored in its output directory."""
+    path = Path(run_dir, RUN_CONFIG_FILE)
+    if not Path(run_dir).is_dir():
+        raise UserError(f"run directory not found: {run_dir}")
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not an llm-tuning run directory: it has no {RUN_CONFIG_FILE}")
+    return load_config(path)
+
+
+def reference_rows() -> list[tuple[str, str, str, str]]:
+    """(key, type, default, help) for every option of the fixed sections: the README's config reference."""
+    rows = []
+    for section, cls in (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig)):
+        rows.extend(section_reference(section, cls))
+    return rows
+
+
+def section_reference(section: str, cls: type) -> list[tuple[str, str, str, str]]:
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f.metadata.get("help", "")
+        if f.metadata.get("choices"):
+            help_text += " Choices: " + ", ".join(f"`{c}`" for c in f.metadata["choices"]) + "."
+        rows.append((f"{section}.{f.name}", _type_name(hints[f.name]), yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("\n..."), help_text))
+    return rows

@@ -1,0 +1,174 @@
+"""`llm-tuning train`: load the base, apply the method, encode the data, run transformers' Trainer, and
+write the adapter, the resolved config, a step log and a machine-readable run summary."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import __version__
+from .config import RUN_CONFIG_FILE, Config, load_config, save_run_config
+from .data.encode import IGNORE_INDEX, encode_records
+from .data.records import read_records
+from .data.templates import get_template
+from .callbacks import JsonlLog, ProgressBar, StopOnInterrupt, interrupt_requests
+from .errors import UserError
+from .memory import peak_memory
+from .methods import get_method
+from .models import ensure_pad_token, load_model, load_tokenizer, resolve_model_path
+from .params import count_parameters, trainable_line
+
+SUMMARY_FILE = "run_summary.json"
+LOG_FILE = "log.jsonl"
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+def train(config: Config | str | Path | dict | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Fine-tune as `config` says; returns the run summary (also written to OUTPUT_DIR/run_summary.json)."""
+    if not isinstance(config, Config):
+        config = load_config(config, overrides)
+    if not config.data.path:
+        raise UserError("config key 'data.path' is required for training: a .json or .jsonl file of instruction records")
+    output_dir = Path(config.train.output_dir)
+    resume_from = prepare_output_dir(output_dir, overwrite=config.train.overwrite, resume=config.train.resume)
+    records = read_records(config.data.path)  # read before anything slow, so bad data fails fast
+
+    from transformers import set_seed
+
+    adjustments: list[str] = []
+    resolved_path = resolve_model_path(config.model.path)
+    tokenizer = load_tokenizer(config.model, resolved_path)
+    note = ensure_pad_token(tokenizer)
+    if note:
+        adjustments.append(note)
+    tokenizer.padding_side = "right"  # training pads on the right: positions stay 0..n-1 for every sample
+    template = get_template(config.data.template, tokenizer)
+    config.data.template = template.name  # stored resolved, so generate/chat/merge format prompts the same way
+    data = encode_records(records, template, tokenizer, config.data.max_length)
+    if data.dropped:
+        adjustments.append(
+            f"dropped {len(data.dropped)} samples whose prompt alone fills data.max_length={config.data.max_length} (first: {data.dropped[0]})"
+        )
+    if not data.samples:
+        raise UserError(f"no trainable samples: every prompt fills data.max_length={config.data.max_length}; raise it")
+
+    set_seed(config.train.seed)  # before the method initialises its weights
+    model = load_model(config.model, resolved_path)
+    model.config.use_cache = False  # the generation cache is useless in training and costs memory
+    model = get_method(config.method.name).apply(model, config.method)
+    trainable, total = count_parameters(model)
+    if trainable == 0:
+        raise UserError(f"method {config.method.name} leaves nothing to train on this model")
+    print(trainable_line(trainable, total), flush=True)
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_run_config(config, output_dir)
+    trainer = build_trainer(config, model, tokenizer, data.samples)
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    with interrupt_requests() as interrupted:
+        trainer.add_callback(StopOnInterrupt(interrupted))
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    status = "interrupted" if interrupted else "completed"
+    model.save_pretrained(output_dir)
+
+    state = trainer.state
+    runtime = result.metrics.get("train_runtime", 0.0)
+    summary = {
+        "status": status,
+        "config": config.to_dict(),
+        "model_path": resolved_path,
+        "template": template.name,
+        "trainable_params": trainable,
+        "all_params": total,
+        "trainable_percent": 100 * trainable / total,
+        "samples": len(data.samples),
+        "truncated_samples": data.truncated,
+        "dropped_samples": len(data.dropped),
+        "steps": state.global_step,
+        "loss_history": [{"step": e["step"], "loss": e["loss"]} for e in state.log_history if "loss" in e],
+        "train_runtime_s": runtime,
+        "train_tokens": int(state.num_input_tokens_seen),
+        "tokens_per_s": state.num_input_tokens_seen / runtime if runtime else 0.0,
+        "adjustments": adjustments,
+        **peak_memory(),
+        "started_at": started_at,
+        "versions": _versions(),
+    }
+    Path(output_dir, SUMMARY_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    print(f"{status}: {state.global_step} steps in {runtime:.0f} s; adapter and run summary in {output_dir}", file=sys.stderr)
+    return summary
+
+
+def prepare_output_dir(output_dir: Path, overwrite: bool, resume: bool) -> Path | None:
+    """Refuse to clobber a non-empty directory unless asked; returns the checkpoint to resume from, if any."""
+    if resume:
+        checkpoint = last_checkpoint(output_dir)
+        if checkpoint is None:
+            raise UserError(f"train.resume is true but {output_dir} holds no {CHECKPOINT_PREFIX}* folder to resume from")
+        return checkpoint
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserError(f"train.output_dir '{output_dir}' exists and is not a directory")
+    if output_dir.is_dir() and any(output_dir.iterdir()):
+        if not overwrite:
+            raise UserError(
+                f"train.output_dir '{output_dir}' is not empty; set train.overwrite=true to replace it or train.resume=true to continue it"
+            )
+        if not (output_dir / RUN_CONFIG_FILE).is_file():
+            # overwrite deletes; only ever delete what an earlier run of ours wrote.
+            raise UserError(f"train.output_dir '{output_dir}' is not empty and is not an llm-tuning run; refusing to delete it")
+        shutil.rmtree(output_dir)
+    return None
+
+
+def last_checkpoint(output_dir: Path) -> Path | None:
+    if not output_dir.is_dir():
+        return None
+    checkpoints = [p for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
+    return max(checkpoints, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), default=None)
+
+
+def build_trainer(config: Config, model, tokenizer, samples: list[dict]):
+    import torch
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
+
+    t = config.train
+    args = TrainingArguments(
+        output_dir=t.output_dir,
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the total steps
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        max_steps=t.max_steps or -1,
+        num_train_epochs=t.num_epochs,
+        logging_steps=t.logging_steps,
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        seed=t.seed,
+        data_seed=t.seed,
+        report_to=[] if t.report_to == "none" else [t.report_to],
+        remove_unused_columns=False,  # our samples carry exactly what the model needs
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True,  # replaced by ProgressBar, which shows the loss
+        use_cpu=not torch.cuda.is_available(),
+    )
+    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
+    trainer = Trainer(model=model, args=args, train_dataset=samples, data_collator=collator)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(ProgressBar())
+    trainer.add_callback(JsonlLog(Path(t.output_dir, LOG_FILE)))
+    return trainer
+
+
+def _versions() -> dict:
+    import peft
+    import torch
+    import transformers
+
+    return {"llm_tuning": __version__, "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}

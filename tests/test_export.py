@@ -1,0 +1,39 @@
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from llm_tuning import merge
+from llm_tuning.data.templates import PlainTemplate
+from llm_tuning.errors import UserError
+from test_infer import logits
+
+
+def test_merged_model_matches_adapter_and_loads_without_llm_tuning(trained_run, tmp_path):
+    out = merge(trained_run.output_dir, tmp_path / "merged")
+    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "chat_template.jinja"):
+        assert (out / name).is_file(), name
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    torch.testing.assert_close(logits(merged), logits(trained_run.model), atol=1e-4, rtol=0)
+
+
+def test_plain_run_carries_its_template_into_the_merged_tokenizer(trained_plain_run, tmp_path):
+    out = merge(trained_plain_run.output_dir, tmp_path / "merged")
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    messages = [{"role": "user", "content": "Who are you?"}]
+    served = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    served = served["input_ids"] if hasattr(served, "keys") else served
+    assert list(served) == PlainTemplate().prompt_ids(tokenizer, messages)
+
+
+def test_merge_never_clobbers(trained_run, tmp_path):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="is not empty; pass --overwrite"):
+        merge(trained_run.output_dir, taken)
+    with pytest.raises(UserError, match="not a model merged by llm-tuning; refusing to delete it"):
+        merge(trained_run.output_dir, taken, overwrite=True)
+    assert (taken / "keep.txt").read_text() == "mine"
+    with pytest.raises(UserError, match="run directory not found"):
+        merge(tmp_path / "nothing", tmp_path / "out")
