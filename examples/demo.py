@@ -1,6 +1,7 @@
 """The demo: answers to held-out prompts from SmolLM2-135M-Instruct before and after a short LoRA run
 on examples/data/demo.jsonl. Run from the repository root: `python examples/demo.py [key=value ...]`."""
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ OPTIONS = GenerationOptions(max_new_tokens=64, repetition_penalty=1.2)
 
 def main(overrides: list[str]) -> None:
     started = time.time()
+    os.chdir(ROOT)  # the config's relative paths are taken from the current directory
     config = load_config(CONFIG, ["train.overwrite=true", *overrides])  # the demo may be re-run
     prompts = read_prompts(PROMPTS)
 

@@ -82,11 +82,19 @@ def test_non_empty_output_dir_is_refused_and_kept(tiny_llama, records_path, tmp_
     assert (out / "notes.txt").read_text() == "precious"
 
 
-def test_overwrite_replaces_an_earlier_run(tiny_llama, records_path, tmp_path):
-    config = run_config(tiny_llama, records_path, tmp_path / "run", train={"max_steps": 2})
+def test_overwrite_replaces_an_earlier_run_only_when_the_new_one_can_start(tiny_llama, records_path, tmp_path):
+    config = run_config(tiny_llama, records_path, tmp_path / "run", train={"max_steps": 2, "save_steps": 1})
     train(config)
+    assert (tmp_path / "run" / "checkpoint-2").is_dir()
+    bad_data = tmp_path / "bad.jsonl"
+    bad_data.write_text('{"instruction": "a"}\n')
+    broken = run_config(tiny_llama, bad_data, tmp_path / "run", train={"overwrite": True})
+    with pytest.raises(UserError, match="missing field 'output'"):
+        train(broken)
+    assert (tmp_path / "run" / "adapter_model.safetensors").is_file()  # the earlier run survives a failed start
     config["train"].update(overwrite=True, max_steps=1)
     assert train(config)["steps"] == 1
+    assert not (tmp_path / "run" / "checkpoint-2").exists()
 
 
 def test_resume_continues_from_the_last_checkpoint(tiny_llama, records_path, tmp_path):

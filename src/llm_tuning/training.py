@@ -33,7 +33,7 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     if not config.data.path:
         raise UserError("config key 'data.path' is required for training: a .json or .jsonl file of instruction records")
     output_dir = Path(config.train.output_dir)
-    resume_from = prepare_output_dir(output_dir, overwrite=config.train.overwrite, resume=config.train.resume)
+    resume_from = check_output_dir(output_dir, overwrite=config.train.overwrite, resume=config.train.resume)
     records = read_records(config.data.path)  # read before anything slow, so bad data fails fast
 
     from transformers import set_seed
@@ -64,6 +64,8 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         raise UserError(f"method {config.method.name} leaves nothing to train on this model")
     print(trainable_line(trainable, total), flush=True)
 
+    if config.train.overwrite and not resume_from and output_dir.exists():
+        shutil.rmtree(output_dir)  # only now that data, model and method are known to be good
     output_dir.mkdir(parents=True, exist_ok=True)
     save_run_config(config, output_dir)
     trainer = build_trainer(config, model, tokenizer, data.samples)
@@ -102,8 +104,9 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     return summary
 
 
-def prepare_output_dir(output_dir: Path, overwrite: bool, resume: bool) -> Path | None:
-    """Refuse to clobber a non-empty directory unless asked; returns the checkpoint to resume from, if any."""
+def check_output_dir(output_dir: Path, overwrite: bool, resume: bool) -> Path | None:
+    """Refuse to clobber a non-empty directory unless asked; returns the checkpoint to resume from, if any.
+    Deletes nothing: with overwrite, the old run is removed only once the new one is ready to start."""
     if resume:
         checkpoint = last_checkpoint(output_dir)
         if checkpoint is None:
@@ -119,7 +122,6 @@ def prepare_output_dir(output_dir: Path, overwrite: bool, resume: bool) -> Path 
         if not (output_dir / RUN_CONFIG_FILE).is_file():
             # overwrite deletes; only ever delete what an earlier run of ours wrote.
             raise UserError(f"train.output_dir '{output_dir}' is not empty and is not an llm-tuning run; refusing to delete it")
-        shutil.rmtree(output_dir)
     return None
 
 
