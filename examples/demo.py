@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from llm_tuning import generate, load_config, train
+from llm_tuning.cli import quiet_libraries
 from llm_tuning.infer import GenerationOptions, read_prompts
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,6 +20,7 @@ OPTIONS = GenerationOptions(max_new_tokens=64, repetition_penalty=1.2)
 def main(overrides: list[str]) -> None:
     started = time.time()
     os.chdir(ROOT)  # the config's relative paths are taken from the current directory
+    quiet_libraries()
     config = load_config(CONFIG, ["train.overwrite=true", *overrides])  # the demo may be re-run
     prompts = read_prompts(PROMPTS)
 

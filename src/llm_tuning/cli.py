@@ -165,7 +165,7 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _split_config_argument(args)
-    _quiet_libraries()
+    quiet_libraries()
     try:
         return args.run(args)
     except UserError as e:
@@ -176,14 +176,18 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def _quiet_libraries() -> None:
-    """Keep the terminal for our own progress and results; library warnings stay visible with LLM_TUNING_VERBOSE=1."""
+def quiet_libraries() -> None:
+    """Keep the terminal for our own progress and results: library warnings and their per-file progress bars
+    (loading weights, writing shards) are hidden unless LLM_TUNING_VERBOSE=1."""
     if os.environ.get("LLM_TUNING_VERBOSE"):
         return
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
 
 
 if __name__ == "__main__":
