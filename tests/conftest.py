@@ -120,8 +120,11 @@ def train_capturing_model(config: dict) -> TrainedRun:
         def __init__(self, method):
             self.method = method
 
-        def apply(self, model, options):
-            model = self.method.apply(model, options)
+        def __getattr__(self, name):  # MERGEABLE and the like come from the real method
+            return getattr(self.method, name)
+
+        def apply(self, model, options, tokenizer=None):
+            model = self.method.apply(model, options, tokenizer)
             captured["model"] = model
             captured["initial"] = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
             return model
@@ -152,3 +155,71 @@ def trained_plain_run(tiny_llama_plain, records_path, tmp_path_factory) -> Train
     """A short LoRA run with the plain template (the tokenizer has no chat template)."""
     output_dir = tmp_path_factory.mktemp("runs") / "plain"
     return train_capturing_model(run_config(tiny_llama_plain, records_path, output_dir, train={"max_steps": 4}))
+
+
+def assert_only_trainable_tensors_changed(run: TrainedRun) -> None:
+    """Every tensor that trained differs from its initial value; every other one equals the base model's."""
+    from safetensors.torch import load_file
+
+    from llm_tuning.weights import is_peft_model
+
+    model = run.model
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and set(trainable) == set(run.initial_state)
+    for name, initial in run.initial_state.items():
+        assert not torch_equal(trainable[name], initial), f"trainable {name} did not change"
+    peft = is_peft_model(model)
+    inner = model.get_base_model() if peft else model
+    frozen = {n.replace(".base_layer", ""): p for n, p in inner.named_parameters() if not p.requires_grad}
+    # peft methods train only their own added tensors; full / freeze / bitfit train some of the base's.
+    trained_base_names = set() if peft else set(trainable)
+    base = load_file(run.model_path / "model.safetensors")
+    assert set(base) == set(frozen) | trained_base_names
+    for name, weight in base.items():
+        if name in frozen:
+            assert torch_equal(frozen[name], weight), f"frozen {name} changed"
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a.detach().cpu(), b.detach().cpu())
+
+
+# Every method, as tests and examples exercise it: id -> (method section, learning rate).
+# Prompt-style methods and vector scalings need a larger step size to move a loss in a few steps.
+METHOD_CASES = {
+    "full": ({"name": "full"}, 1e-2),
+    "freeze": ({"name": "freeze", "trainable_layers": 1, "train_lm_head": True}, 1e-2),
+    "freeze_modules": ({"name": "freeze", "trainable_layers": None, "trainable_modules": [r"\.mlp\."]}, 1e-2),
+    "bitfit": ({"name": "bitfit"}, 3e-2),
+    "prompt": ({"name": "prompt", "num_virtual_tokens": 8}, 1e-1),
+    "prompt_text": ({"name": "prompt", "prompt_tuning_init_text": "Answer the question politely."}, 1e-1),
+    "ptuning_mlp": ({"name": "ptuning", "num_virtual_tokens": 8, "encoder_hidden_size": 32}, 1e-2),
+    "ptuning_lstm": ({"name": "ptuning", "num_virtual_tokens": 8, "encoder_reparameterization_type": "LSTM", "encoder_hidden_size": 32}, 1e-2),
+    "prefix": ({"name": "prefix", "num_virtual_tokens": 8}, 1e-1),
+    "prefix_projection": ({"name": "prefix", "num_virtual_tokens": 8, "prefix_projection": True, "encoder_hidden_size": 32}, 1e-2),
+    "lora": ({"name": "lora", "r": 8, "lora_alpha": 16, "target_modules": "all-linear"}, 1e-2),
+    "lora_dora_rslora": ({"name": "lora", "r": 4, "use_dora": True, "use_rslora": True, "target_modules": r".*(q_proj|v_proj|query_key_value)"}, 1e-2),
+    "ia3": ({"name": "ia3"}, 1e-1),
+}
+
+
+@pytest.fixture(scope="session")
+def method_run(tiny_models, records_path, tmp_path_factory):
+    """method_run(case, architecture) -> TrainedRun, trained once per session (12 steps) and shared."""
+    runs: dict[tuple[str, str], TrainedRun] = {}
+
+    def get(case: str, architecture: str, gradient_checkpointing: bool = False) -> TrainedRun:
+        key = (case, architecture, gradient_checkpointing)
+        if key not in runs:
+            method, learning_rate = METHOD_CASES[case]
+            output_dir = tmp_path_factory.mktemp("method-runs") / f"{case}-{architecture}"
+            config = run_config(tiny_models[architecture], records_path, output_dir,
+                                train={"max_steps": 12, "logging_steps": 1, "learning_rate": learning_rate,
+                                       "gradient_checkpointing": gradient_checkpointing})
+            config["method"] = dict(method)
+            runs[key] = train_capturing_model(config)
+        return runs[key]
+
+    return get

@@ -41,7 +41,7 @@ def test_unknown_key_names_file_line_and_choices(capsys, tmp_path):
 
 def test_unknown_method_lists_methods(capsys, tmp_path):
     path = write_config(tmp_path, "method:\n  name: magic\n")
-    assert_one_line_error(*run_main(capsys, "train", str(path))[::2], "unknown method 'magic'", "valid methods: lora")
+    assert_one_line_error(*run_main(capsys, "train", str(path))[::2], "unknown method 'magic'", "valid methods: full, freeze, bitfit, prompt, ptuning, prefix, lora, ia3")
 
 
 def test_bad_override_value(capsys, tmp_path):

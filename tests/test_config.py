@@ -1,9 +1,8 @@
-import os
 from pathlib import Path
 
 import pytest
 
-from llm_tuning.config import ModelConfig, TrainConfig, load_config, load_run_config, reference_rows, save_run_config
+from llm_tuning.config import load_config, load_run_config, reference_rows, save_run_config
 from llm_tuning.errors import UserError
 
 
@@ -70,7 +69,7 @@ def test_out_of_range_and_wrong_type(tmp_path):
 
 
 def test_unknown_method_and_section(tmp_path):
-    with pytest.raises(UserError, match=r"unknown method 'sft'; valid methods: lora"):
+    with pytest.raises(UserError, match=r"unknown method 'sft'; valid methods: full, freeze, bitfit, prompt, ptuning, prefix, lora, ia3"):
         load_config(write(tmp_path, "method:\n  name: sft\n"))
     with pytest.raises(UserError, match=r"unknown config section 'optim'.*valid sections: model, method, data, train"):
         load_config(write(tmp_path, "optim:\n  lr: 1\n"))
@@ -104,8 +103,8 @@ def test_run_config_round_trips(tmp_path):
 
 def test_readme_documents_every_key():
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    from llm_tuning.methods import METHODS
     from llm_tuning.config import section_reference
+    from llm_tuning.methods import METHODS
 
     keys = [row[0] for row in reference_rows()]
     for name, module in METHODS.items():

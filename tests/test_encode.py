@@ -2,13 +2,13 @@
 
 import pytest
 import torch
+from conftest import qwen_tokenizer_dir
 from transformers import AutoTokenizer, DataCollatorForSeq2Seq
 
 from llm_tuning.data.encode import IGNORE_INDEX, encode_record, encode_records
 from llm_tuning.data.records import Record
 from llm_tuning.data.templates import PlainTemplate, get_template, resolve_template_name
 from llm_tuning.errors import UserError
-from conftest import qwen_tokenizer_dir
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,9 @@
 import pytest
 
 from llm_tuning import provision
+from llm_tuning.config import ModelConfig
 from llm_tuning.errors import UserError
 from llm_tuning.models import load_model, resolve_model_path
-from llm_tuning.config import ModelConfig
 
 
 def test_local_folder_and_errors(tiny_llama, tmp_path):

@@ -58,6 +58,24 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def cmd_params(args) -> int:
+    import json
+
+    from .params import plan, trainable_line
+
+    report = plan(args.config, args.overrides)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{report['method']} on {report['model_path']}")
+    width = max([len(m["name"]) for m in report["modules"]] + [6])
+    print(f"{'trains':<{width}}  {'tensors':>7}  {'params':>15}")
+    for module in report["modules"]:
+        print(f"{module['name']:<{width}}  {module['tensors']:>7}  {module['params']:>15,d}")
+    print(trainable_line(report["trainable_params"], report["all_params"]))
+    return 0
+
+
 def _generation_options(args):
     from .infer import GenerationOptions
 
@@ -96,6 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help=CONFIG_HELP)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
     p.set_defaults(run=cmd_train)
+
+    p = commands.add_parser(
+        "params",
+        help="count what a config's method trains, from the model's config.json alone",
+        description="Print what the method of CONFIG trains on its model, module by module, and the line "
+        "'trainable params: X || all params: Y || trainable%%: Z' (as peft prints it). The model is built on the "
+        "meta device from its config.json: no weights are needed or loaded, so a 7B model is counted in seconds.",
+    )
+    p.add_argument("config", nargs="?", help=CONFIG_HELP + "; without one, the defaults (smollm2-135m, LoRA)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+    p.add_argument("--json", action="store_true", help="print the counts and the breakdown as JSON")
+    p.set_defaults(run=cmd_params)
 
     p = commands.add_parser(
         "generate",

@@ -69,6 +69,8 @@ class TrainConfig:
     seed: int = option(42, "Random seed for initialisation, dropout and data order.")
     overwrite: bool = option(False, "Allow writing into a non-empty output_dir (its old contents are deleted).")
     resume: bool = option(False, "Continue from the last checkpoint in output_dir.")
+    gradient_checkpointing: bool = option(False, "Recompute each layer's activations in the backward pass instead of keeping them: less memory, about a third more compute.")
+    checkpointing_reentrant: bool = option(False, "Use torch's reentrant checkpointing (input gradients are enabled automatically); the default non-reentrant kind is the one that works with every method.")
     report_to: str = option("none", "Also log to TensorBoard (`tensorboard`, needs the tensorboard package).", choices=("none", "tensorboard"))
 
 

@@ -1,4 +1,4 @@
-"""`llm-tuning merge`: fold a trained adapter into its base and save a standalone model folder
+"""`llm-tuning merge`: fold a trained adapter (or write the trained weights) into its base and save a standalone model folder
 (safetensors weights, tokenizer with the chat template the run trained with, generation config)."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 from .config import load_run_config
 from .data.templates import PlainTemplate, get_template
 from .errors import UserError
-from .infer import load_adapter
 from .methods import get_method
 from .models import load_model, load_tokenizer, resolve_model_path
+from .weights import is_peft_model, load_trained
 
 MERGE_SUMMARY_FILE = "llm_tuning_merge.json"
 
@@ -30,7 +30,9 @@ def merge(adapter: str | Path, output: str | Path, overwrite: bool = False) -> P
     path = resolve_model_path(config.model.path)
     tokenizer = load_tokenizer(config.model, path)
     # Always merge into the base in full precision: merging into a quantized base would re-quantize, lossily.
-    model = load_adapter(load_model(config.model, path), adapter).merge_and_unload()
+    model = load_trained(load_model(config.model, path), adapter)
+    if is_peft_model(model):
+        model = model.merge_and_unload()
     if get_template(config.data.template, tokenizer).name == "plain":
         # Carry the format the model was trained with, so that chat tools serve it the same way.
         tokenizer.chat_template = PlainTemplate.jinja

@@ -12,6 +12,7 @@ from .data.records import SUPPORTED_SUFFIXES, read_json_objects, read_text, user
 from .data.templates import get_template
 from .errors import UserError
 from .models import ensure_pad_token, load_model, load_tokenizer, resolve_model_path
+from .weights import load_trained
 
 
 @dataclass
@@ -54,7 +55,7 @@ class Session:
         self.template = get_template(self.config.data.template, self.tokenizer)
         model = load_model(self.config.model, path)
         if adapter is not None:
-            model = load_adapter(model, adapter)
+            model = load_trained(model, adapter)
         self.model = model.eval()
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
@@ -93,14 +94,6 @@ class Session:
 
         streamer = Streamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         return self._generate_batch([conversation], options, streamer=streamer)[0]
-
-
-def load_adapter(model, adapter: str | Path):
-    from peft import PeftModel
-
-    if not Path(adapter, "adapter_config.json").is_file():
-        raise UserError(f"{adapter} holds no trained adapter (adapter_config.json); did its training finish?")
-    return PeftModel.from_pretrained(model, str(adapter))
 
 
 def read_prompts(path: str | Path) -> list[str]:

@@ -1,6 +1,14 @@
-"""Count what trains: the `trainable params: X || all params: Y || trainable%: Z` line, as peft prints it."""
+"""Count what trains: the `trainable params: X || all params: Y || trainable%: Z` line, as peft prints it,
+and `llm-tuning params`, which counts from a model's config.json alone (on the meta device, no weights)."""
 
 from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from .config import Config, load_config
+from .errors import UserError
 
 
 def count_parameters(model) -> tuple[int, int]:
@@ -14,3 +22,47 @@ def count_parameters(model) -> tuple[int, int]:
 def trainable_line(trainable: int, total: int) -> str:
     """Same format and rounding as peft's print_trainable_parameters."""
     return f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+
+
+def plan(config: Config | str | Path | dict | None = None, overrides=()) -> dict:
+    """What the config's method trains on its model, from config.json alone: counts and a per-module breakdown."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .methods import get_method
+    from .models import resolve_model_path
+
+    if not isinstance(config, Config):
+        config = load_config(config, overrides)
+    path = resolve_model_path(config.model.path)
+    try:
+        model_config = AutoConfig.from_pretrained(path, trust_remote_code=config.model.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read the model config of '{config.model.path}': {str(e).strip().splitlines()[0]}") from None
+    with torch.device("meta"):  # shapes only: a 7B model is counted in a second, without memory
+        model = AutoModelForCausalLM.from_config(model_config, trust_remote_code=config.model.trust_remote_code)
+    model = get_method(config.method.name).apply(model, config.method, _tokenizer_if_any(path))
+    trainable, total = count_parameters(model)
+    return {"method": config.method.name, "model_path": path, "trainable_params": trainable, "all_params": total,
+            "trainable_percent": 100 * trainable / total, "modules": trainable_breakdown(model)}
+
+
+def trainable_breakdown(model) -> list[dict]:
+    """Trainable parameters grouped by name with layer numbers folded: `model.layers.*.self_attn.q_proj.lora_A...`."""
+    groups: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            group = groups[re.sub(r"\.\d+\.", ".*.", name)]
+            group[0] += 1
+            group[1] += parameter.numel()
+    return [{"name": name, "tensors": tensors, "params": params} for name, (tensors, params) in groups.items()]
+
+
+def _tokenizer_if_any(path: str):
+    """The tokenizer, for methods that need one (prompt tuning from text); None for a folder with only config.json."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError):
+        return None

@@ -10,16 +10,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
+from .callbacks import JsonlLog, ProgressBar, StopOnInterrupt, interrupt_requests
 from .config import RUN_CONFIG_FILE, Config, load_config, save_run_config
 from .data.encode import IGNORE_INDEX, encode_records
 from .data.records import read_records
 from .data.templates import get_template
-from .callbacks import JsonlLog, ProgressBar, StopOnInterrupt, interrupt_requests
 from .errors import UserError
 from .memory import peak_memory
 from .methods import get_method
 from .models import ensure_pad_token, load_model, load_tokenizer, resolve_model_path
 from .params import count_parameters, trainable_line
+from .weights import is_peft_model, save_trained
 
 SUMMARY_FILE = "run_summary.json"
 LOG_FILE = "log.jsonl"
@@ -32,6 +33,9 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         config = load_config(config, overrides)
     if not config.data.path:
         raise UserError("config key 'data.path' is required for training: a .json or .jsonl file of instruction records")
+    method = get_method(config.method.name)
+    if config.train.gradient_checkpointing and config.train.checkpointing_reentrant and not getattr(method, "SUPPORTS_REENTRANT_CHECKPOINTING", True):
+        raise UserError(f"method {config.method.name} does not work with reentrant checkpointing; set train.checkpointing_reentrant=false (non-reentrant)")
     output_dir = Path(config.train.output_dir)
     resume_from = check_output_dir(output_dir, overwrite=config.train.overwrite, resume=config.train.resume)
     records = read_records(config.data.path)  # read before anything slow, so bad data fails fast
@@ -58,7 +62,9 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     set_seed(config.train.seed)  # before the method initialises its weights
     model = load_model(config.model, resolved_path)
     model.config.use_cache = False  # the generation cache is useless in training and costs memory
-    model = get_method(config.method.name).apply(model, config.method)
+    model = method.apply(model, config.method, tokenizer)
+    if config.train.gradient_checkpointing:
+        enable_checkpointing(model, reentrant=config.train.checkpointing_reentrant)
     trainable, total = count_parameters(model)
     if trainable == 0:
         raise UserError(f"method {config.method.name} leaves nothing to train on this model")
@@ -74,7 +80,7 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         trainer.add_callback(StopOnInterrupt(interrupted))
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     status = "interrupted" if interrupted else "completed"
-    model.save_pretrained(output_dir)
+    saved_bytes = save_trained(model, output_dir)
 
     state = trainer.state
     runtime = result.metrics.get("train_runtime", 0.0)
@@ -86,6 +92,7 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         "trainable_params": trainable,
         "all_params": total,
         "trainable_percent": 100 * trainable / total,
+        "saved_bytes": saved_bytes,
         "samples": len(data.samples),
         "truncated_samples": data.truncated,
         "dropped_samples": len(data.dropped),
@@ -100,8 +107,22 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         "versions": _versions(),
     }
     Path(output_dir, SUMMARY_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
-    print(f"{status}: {state.global_step} steps in {runtime:.0f} s; adapter and run summary in {output_dir}", file=sys.stderr)
+    print(
+        f"{status}: {state.global_step} steps in {runtime:.0f} s; trained weights ({saved_bytes / 2**20:.1f} MiB) "
+        f"and run summary in {output_dir}",
+        file=sys.stderr,
+    )
     return summary
+
+
+def enable_checkpointing(model, reentrant: bool) -> None:
+    """Gradient checkpointing on the transformers model (inside a peft wrapper, if any)."""
+    base = model.get_base_model() if is_peft_model(model) else model
+    base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
+    if reentrant:
+        # Reentrant checkpointing only backpropagates into a layer whose input requires grad; with frozen
+        # embeddings nothing would (PyTorch: "element 0 of tensors does not require grad").
+        base.enable_input_require_grads()
 
 
 def check_output_dir(output_dir: Path, overwrite: bool, resume: bool) -> Path | None:

@@ -1,6 +1,7 @@
 """The registry of fine-tuning methods. Each method is one module with an `Options` dataclass (its config
-section, peft's field names where peft has them) and `apply(model, options) -> model`, which leaves
-exactly the parameters that method trains with `requires_grad=True`.
+section, peft's field names where peft has them), `apply(model, options, tokenizer) -> model`, which leaves
+exactly the parameters that method trains with `requires_grad=True`, and `MERGEABLE` (with
+`NOT_MERGEABLE_REASON` when false). Saving and loading what trained is method-independent (weights.py).
 """
 
 from __future__ import annotations
@@ -8,9 +9,18 @@ from __future__ import annotations
 from types import ModuleType
 
 from ..errors import UserError
-from . import lora
+from . import bitfit, freeze, full, ia3, lora, prefix, prompt, ptuning
 
-METHODS: dict[str, ModuleType] = {"lora": lora}
+METHODS: dict[str, ModuleType] = {
+    "full": full,
+    "freeze": freeze,
+    "bitfit": bitfit,
+    "prompt": prompt,
+    "ptuning": ptuning,
+    "prefix": prefix,
+    "lora": lora,
+    "ia3": ia3,
+}
 DEFAULT_METHOD = "lora"
 
 

@@ -1,0 +1,54 @@
+"""Store and restore what a run trained.
+
+peft methods (lora, ia3, prompt, ptuning, prefix) save peft's standard adapter (`adapter_config.json`,
+`adapter_model.safetensors`), which plain `PeftModel.from_pretrained` loads. Methods that train the model's
+own parameters (full, freeze, bitfit) save only those tensors (`trained_weights.safetensors`); the base
+model named in the run's config.yaml supplies the rest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import UserError
+
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+TRAINED_WEIGHTS_FILE = "trained_weights.safetensors"
+
+
+def is_peft_model(model) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def save_trained(model, run_dir: str | Path) -> int:
+    """Save what trains; returns the bytes written."""
+    from safetensors.torch import save_file
+
+    run_dir = Path(run_dir)
+    if is_peft_model(model):
+        model.save_pretrained(run_dir)
+        return sum(p.stat().st_size for p in run_dir.glob("adapter_model.*"))
+    # named_parameters lists a tied tensor once, so tied embeddings are saved once and re-tied on load.
+    tensors = {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+    save_file(tensors, run_dir / TRAINED_WEIGHTS_FILE, metadata={"format": "pt"})
+    return (run_dir / TRAINED_WEIGHTS_FILE).stat().st_size
+
+
+def load_trained(model, run_dir: str | Path):
+    """The base `model` with a run's trained weights in place (a PeftModel for peft methods)."""
+    run_dir = Path(run_dir)
+    if (run_dir / ADAPTER_CONFIG_FILE).is_file():
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, str(run_dir))
+    if (run_dir / TRAINED_WEIGHTS_FILE).is_file():
+        from safetensors.torch import load_file
+
+        state = load_file(run_dir / TRAINED_WEIGHTS_FILE)
+        result = model.load_state_dict(state, strict=False)
+        if result.unexpected_keys:
+            raise UserError(f"{run_dir}: trained weights do not fit the base model (e.g. {result.unexpected_keys[0]}); was model.path changed?")
+        return model
+    raise UserError(f"{run_dir} holds no trained weights ({ADAPTER_CONFIG_FILE} or {TRAINED_WEIGHTS_FILE}); did its training finish?")

@@ -1,0 +1,28 @@
+"""Every example config is valid and trains for a few steps (on a tiny model standing in for the real one)."""
+
+from pathlib import Path
+
+import pytest
+
+from llm_tuning import load_config, train
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted(ROOT.glob("examples/**/*.yaml"))
+
+
+def test_there_is_an_example_per_method():
+    from llm_tuning.methods import METHODS
+
+    names = {load_config(path).method.name for path in EXAMPLES}
+    assert names >= set(METHODS)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_example_trains_a_few_steps(path, tiny_models, records_path, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # examples name their data relative to the repository root
+    config = load_config(path)
+    assert Path(config.data.path).is_file()
+    architecture = "bloom" if config.method.name == "bitfit" else "llama"  # BitFit needs biases
+    summary = train(load_config(path, [f"model.path={tiny_models[architecture]}", f"data.path={records_path}",
+                                       f"train.output_dir={tmp_path / 'run'}", "train.max_steps=2"]))
+    assert summary["status"] == "completed" and summary["steps"] == 2
