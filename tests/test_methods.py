@@ -129,3 +129,12 @@ def test_lora_with_reentrant_checkpointing_trains(tiny_llama, records_path, tmp_
                         train={"max_steps": 6, "logging_steps": 1, "gradient_checkpointing": True, "checkpointing_reentrant": True})
     losses = [e["loss"] for e in train(config)["loss_history"]]
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("case", ["prompt", "ptuning_lstm", "prefix", "freeze"])
+def test_chat_serves_every_kind_of_method(method_run, case, capsys):
+    from llm_tuning import chat
+
+    lines = iter(["hello", "and again", "/exit"])
+    chat(adapter=method_run(case, "llama").output_dir, options=GenerationOptions(max_new_tokens=3), read=lambda prompt: next(lines))
+    assert capsys.readouterr().out.count("assistant> ") == 2

@@ -63,6 +63,8 @@ def test_known_answers(shapes):
         (["method.name=lora", r"method.target_modules=.*\.(q|k)_proj"], L * 2 * 8 * (H + H), None),
         (["method.name=lora", "method.target_modules=[q_proj, k_proj]", "method.layers_to_transform=[0, 1]"], 2 * 2 * 8 * (H + H), None),
         (["method.name=ia3"], L * (H + H + F), None),  # k_proj and v_proj outputs, down_proj input
+        # modules_to_save trains (and adds) a full copy of the head beside the default LoRA
+        (["method.name=lora", "method.modules_to_save=[lm_head]"], L * 2 * 8 * (H + H) + V * H, L * 2 * 8 * (H + H) + V * H),
     ],
 )
 def test_derivations_for_every_method_on_llama2_7b(shapes, overrides, trainable, added):
@@ -73,7 +75,10 @@ def test_derivations_for_every_method_on_llama2_7b(shapes, overrides, trainable,
 
 
 def test_bitfit_on_bloom_counts_every_bias(shapes):
-    assert count(shapes["bloom-1b4"], "method.name=bitfit")[0] == BL * BLOOM_LAYER_BIASES + 2 * BH  # + embedding norm, ln_f
+    all_biases = BL * BLOOM_LAYER_BIASES + 2 * BH  # + the embedding norm's and ln_f's
+    assert count(shapes["bloom-1b4"], "method.name=bitfit")[0] == all_biases
+    lora = BL * 8 * (BH + 3 * BH)
+    assert count(shapes["bloom-1b4"], "method.bias=all")[0] == lora + all_biases
 
 
 def test_inconsistent_peft_options_are_one_line_errors(shapes):
