@@ -87,10 +87,10 @@ RECORDS = [
 ]
 
 
-def run_config(model: Path, data_path: Path, output_dir: Path, **sections) -> dict:
+def run_config(model_path: Path, data_path: Path, output_dir: Path, **sections) -> dict:
     """A small, fast training config as a dict; `sections` update model/method/data/train."""
     config = {
-        "model": {"path": str(model)},
+        "model": {"path": str(model_path), "dtype": "float32"},
         "method": {"name": "lora", "r": 8, "lora_alpha": 16, "target_modules": "all-linear"},
         "data": {"path": str(data_path), "max_length": 64},
         "train": {"output_dir": str(output_dir), "max_steps": 30, "batch_size": 4,

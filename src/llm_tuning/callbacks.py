@@ -42,6 +42,36 @@ class JsonlLog(TrainerCallback):
                 f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
 
 
+class DivergenceGuard(TrainerCallback):
+    """Stops the run at the first non-finite loss or trained parameter, before it is checkpointed.
+
+    A step whose gradients overflow under fp16 loss scaling is skipped by the scaler and leaves the
+    parameters finite, so only real divergence trips this."""
+
+    def __init__(self, model):
+        self.trained = [p for p in model.parameters() if p.requires_grad]
+        self.problem: str | None = None
+        self.step: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        import torch
+
+        if not all(torch.isfinite(p).all() for p in self.trained):
+            self._stop(state, control, "trained parameters became NaN or infinite")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        import math
+
+        if logs and "loss" in logs and not math.isfinite(logs["loss"]):
+            self._stop(state, control, f"the loss became {logs['loss']}")
+
+    def _stop(self, state, control, problem: str) -> None:
+        if self.problem is None:
+            self.problem, self.step = problem, state.global_step
+        control.should_save = False  # never checkpoint a diverged model
+        control.should_training_stop = True
+
+
 class StopOnInterrupt(TrainerCallback):
     """After Ctrl-C, finish the current step, write a checkpoint and stop."""
 

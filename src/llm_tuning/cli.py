@@ -6,6 +6,7 @@ Mistakes in the user's input (`UserError`) print one line, `error: ...`, and exi
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import warnings
@@ -215,6 +216,8 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # bitsandbytes warns on import that an optional hub-downloaded CPU kernel is missing; its fallback works.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()

@@ -33,6 +33,20 @@ def option(default: Any, help: str, choices: tuple = (), min: float | None = Non
 class ModelConfig:
     path: str = option("smollm2-135m", "Base model: a local Hugging Face folder, a built-in alias (smollm2-135m) or a hub id.")
     trust_remote_code: bool = option(False, "Run the model's own Python code from its folder or hub repository. Only for models you trust.")
+    dtype: str = option(
+        "float32", "The dtype the base model is loaded in (bf16/fp16 matrix products are very slow on most CPUs).",
+        choices=("float32", "bfloat16", "float16"),
+    )
+    quantization: str = option(
+        "none", "Load the base quantized with bitsandbytes: `8bit` (LLM.int8) or `4bit` (QLoRA); only adapters train on it.",
+        choices=("none", "8bit", "4bit"),
+    )
+    int8_threshold: float = option(6.0, "8bit: outlier threshold; activations above it are computed in higher precision.", min=0.0)
+    quant_type: str = option("nf4", "4bit: the data type, NormalFloat4 or FP4.", choices=("nf4", "fp4"))
+    double_quant: bool = option(True, "4bit: also quantize the quantization constants (saves ~0.4 bits per parameter).")
+    compute_dtype: str = option(
+        "auto", "4bit: the dtype matrix products run in (`auto`: model.dtype).", choices=("auto", "float32", "bfloat16", "float16")
+    )
 
 
 @dataclass
@@ -69,6 +83,13 @@ class TrainConfig:
     seed: int = option(42, "Random seed for initialisation, dropout and data order.")
     overwrite: bool = option(False, "Allow writing into a non-empty output_dir (its old contents are deleted).")
     resume: bool = option(False, "Continue from the last checkpoint in output_dir.")
+    precision: str = option(
+        "fp32", "Mixed precision for forward and backward: `bf16`, `fp16` (GPU only; with loss scaling) or none (`fp32`).",
+        choices=("fp32", "bf16", "fp16"),
+    )
+    keep_trainable_fp32: bool = option(True, "Keep trained parameters in float32 on a half-precision base (recommended; false trains them in model.dtype).")
+    optimizer: str = option("adamw", "`adamw` (PyTorch), `adamw_8bit` (bitsandbytes, needs that package) or `adafactor`.", choices=("adamw", "adamw_8bit", "adafactor"))
+    adam_epsilon: float = option(1.0e-8, "AdamW epsilon; raised to 1e-4 automatically when trained parameters are float16.", min=0.0)
     gradient_checkpointing: bool = option(False, "Recompute each layer's activations in the backward pass instead of keeping them: less memory, about a third more compute.")
     checkpointing_reentrant: bool = option(False, "Use torch's reentrant checkpointing (input gradients are enabled automatically); the default non-reentrant kind is the one that works with every method.")
     report_to: str = option("none", "Also log to TensorBoard (`tensorboard`, needs the tensorboard package).", choices=("none", "tensorboard"))

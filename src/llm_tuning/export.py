@@ -30,7 +30,7 @@ def merge(adapter: str | Path, output: str | Path, overwrite: bool = False) -> P
     path = resolve_model_path(config.model.path)
     tokenizer = load_tokenizer(config.model, path)
     # Always merge into the base in full precision: merging into a quantized base would re-quantize, lossily.
-    model = load_trained(load_model(config.model, path), adapter)
+    model = load_trained(load_model(config.model, path, dtype="float32", quantize=False), adapter)
     if is_peft_model(model):
         model = model.merge_and_unload()
     if get_template(config.data.template, tokenizer).name == "plain":

@@ -74,13 +74,19 @@ def ensure_pad_token(tokenizer) -> str | None:
     return f"the tokenizer has no pad token: padding with EOS ({tokenizer.eos_token!r}); padded positions are never trained"
 
 
-def load_model(model_config: ModelConfig, resolved_path: str):
+def load_model(model_config: ModelConfig, resolved_path: str, dtype: str | None = None, quantize: bool = True):
+    """The base model in `dtype` (default: model.dtype), quantized as model.quantization says unless quantize=False."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from .precision import DTYPES
+    from .quantization import bitsandbytes_config
+
+    quantization = bitsandbytes_config(model_config) if quantize else None
+    placement = {"quantization_config": quantization, "device_map": "cuda:0" if torch.cuda.is_available() else "cpu"} if quantization else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            resolved_path, dtype=torch.float32, trust_remote_code=model_config.trust_remote_code
+            resolved_path, dtype=DTYPES[dtype or model_config.dtype], trust_remote_code=model_config.trust_remote_code, **placement
         )
     except OSError as e:
         raise _hub_error(model_config.path, e) from None

@@ -3,6 +3,7 @@ write the adapter, the resolved config, a step log and a machine-readable run su
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import sys
@@ -10,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
-from .callbacks import JsonlLog, ProgressBar, StopOnInterrupt, interrupt_requests
+from .callbacks import DivergenceGuard, JsonlLog, ProgressBar, StopOnInterrupt, interrupt_requests
 from .config import RUN_CONFIG_FILE, Config, load_config, save_run_config
 from .data.encode import IGNORE_INDEX, encode_records
 from .data.records import read_records
@@ -20,6 +21,8 @@ from .memory import peak_memory
 from .methods import get_method
 from .models import ensure_pad_token, load_model, load_tokenizer, resolve_model_path
 from .params import count_parameters, trainable_line
+from .precision import adam_epsilon, check_precision, set_trainable_dtype
+from .quantization import check_quantization, prepare_for_training
 from .weights import is_peft_model, save_trained
 
 SUMMARY_FILE = "run_summary.json"
@@ -34,6 +37,9 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     if not config.data.path:
         raise UserError("config key 'data.path' is required for training: a .json or .jsonl file of instruction records")
     method = get_method(config.method.name)
+    check_precision(config, has_gpu=_has_gpu())
+    check_quantization(config, method)
+    optimizer = optimizer_name(config.train.optimizer)
     if config.train.gradient_checkpointing and config.train.checkpointing_reentrant and not getattr(method, "SUPPORTS_REENTRANT_CHECKPOINTING", True):
         raise UserError(f"method {config.method.name} does not work with reentrant checkpointing; set train.checkpointing_reentrant=false (non-reentrant)")
     output_dir = Path(config.train.output_dir)
@@ -62,7 +68,11 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     set_seed(config.train.seed)  # before the method initialises its weights
     model = load_model(config.model, resolved_path)
     model.config.use_cache = False  # the generation cache is useless in training and costs memory
+    if config.model.quantization != "none":
+        model = prepare_for_training(model)
     model = method.apply(model, config.method, tokenizer)
+    set_trainable_dtype(model, config, adjustments)
+    epsilon = adam_epsilon(model, config, adjustments)
     if config.train.gradient_checkpointing:
         enable_checkpointing(model, reentrant=config.train.checkpointing_reentrant)
     trainable, total = count_parameters(model)
@@ -74,13 +84,15 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         shutil.rmtree(output_dir)  # only now that data, model and method are known to be good
     output_dir.mkdir(parents=True, exist_ok=True)
     save_run_config(config, output_dir)
-    trainer = build_trainer(config, model, tokenizer, data.samples)
+    trainer = build_trainer(config, model, tokenizer, data.samples, optimizer=optimizer, adam_epsilon=epsilon)
+    guard = DivergenceGuard(model)
+    trainer.add_callback(guard)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     with interrupt_requests() as interrupted:
         trainer.add_callback(StopOnInterrupt(interrupted))
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    status = "interrupted" if interrupted else "completed"
-    saved_bytes = save_trained(model, output_dir)
+    status = "diverged" if guard.problem else "interrupted" if interrupted else "completed"
+    saved_bytes = 0 if guard.problem else save_trained(model, output_dir)  # never save a diverged model
 
     state = trainer.state
     runtime = result.metrics.get("train_runtime", 0.0)
@@ -93,6 +105,8 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         "all_params": total,
         "trainable_percent": 100 * trainable / total,
         "saved_bytes": saved_bytes,
+        "optimizer": config.train.optimizer,
+        "adam_epsilon": epsilon,
         "samples": len(data.samples),
         "truncated_samples": data.truncated,
         "dropped_samples": len(data.dropped),
@@ -106,13 +120,42 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         "started_at": started_at,
         "versions": _versions(),
     }
+    if guard.problem:
+        summary["diagnosis"] = diagnose(config, guard, epsilon, output_dir)
     Path(output_dir, SUMMARY_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    if guard.problem:
+        raise UserError(summary["diagnosis"])
     print(
         f"{status}: {state.global_step} steps in {runtime:.0f} s; trained weights ({saved_bytes / 2**20:.1f} MiB) "
         f"and run summary in {output_dir}",
         file=sys.stderr,
     )
     return summary
+
+
+OPTIMIZERS = {"adamw": "adamw_torch_fused", "adamw_8bit": "adamw_bnb_8bit", "adafactor": "adafactor"}  # Trainer's names
+
+
+def optimizer_name(name: str) -> str:
+    if name == "adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError("train.optimizer adamw_8bit needs the bitsandbytes package: pip install bitsandbytes==0.50.2")
+    return OPTIMIZERS[name]
+
+
+def diagnose(config: Config, guard, epsilon: float, output_dir: Path) -> str:
+    checkpoint = last_checkpoint(output_dir)
+    kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written before it"
+    return (
+        f"training diverged at step {guard.step}: {guard.problem} (model.dtype {config.model.dtype}, train.precision "
+        f"{config.train.precision}, learning rate {config.train.learning_rate:g}, adam epsilon {epsilon:g}); nothing was saved "
+        f"as the result and {kept}. Try a lower train.learning_rate, or bf16/fp32 instead of fp16"
+    )
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def enable_checkpointing(model, reentrant: bool) -> None:
@@ -153,8 +196,7 @@ def last_checkpoint(output_dir: Path) -> Path | None:
     return max(checkpoints, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), default=None)
 
 
-def build_trainer(config: Config, model, tokenizer, samples: list[dict]):
-    import torch
+def build_trainer(config: Config, model, tokenizer, samples: list[dict], optimizer: str = "adamw_torch_fused", adam_epsilon: float = 1e-8):
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
 
@@ -168,6 +210,10 @@ def build_trainer(config: Config, model, tokenizer, samples: list[dict]):
         warmup_steps=t.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the total steps
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
+        optim=optimizer,
+        adam_epsilon=adam_epsilon,
+        bf16=t.precision == "bf16",
+        fp16=t.precision == "fp16",
         max_steps=t.max_steps or -1,
         num_train_epochs=t.num_epochs,
         logging_steps=t.logging_steps,
@@ -179,7 +225,7 @@ def build_trainer(config: Config, model, tokenizer, samples: list[dict]):
         remove_unused_columns=False,  # our samples carry exactly what the model needs
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,  # replaced by ProgressBar, which shows the loss
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=not _has_gpu(),
     )
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
     trainer = Trainer(model=model, args=args, train_dataset=samples, data_collator=collator)

@@ -8,6 +8,7 @@ from ..config import option
 from ..errors import UserError
 from .selection import train_only
 
+PEFT = False  # trains the model's own parameters (saved as trained_weights.safetensors)
 MERGEABLE = True  # the trained biases replace the base's: merge writes them as a standalone folder
 
 

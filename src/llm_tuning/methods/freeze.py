@@ -9,6 +9,7 @@ from ..config import option
 from ..errors import UserError
 from .selection import compile_patterns, decoder_layers, train_only
 
+PEFT = False  # trains the model's own parameters (saved as trained_weights.safetensors)
 MERGEABLE = True  # the trained weights replace the base's: merge writes them as a standalone folder
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ..config import option
 from .selection import train_only
 
+PEFT = False  # trains the model's own parameters (saved as trained_weights.safetensors)
 MERGEABLE = True  # the trained weights are the model: merge writes them as a standalone folder
 
 

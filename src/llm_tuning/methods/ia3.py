@@ -10,6 +10,7 @@ from peft import IA3Config, TaskType
 from ..config import option
 from .peft_adapter import wrap
 
+PEFT = True  # an adapter through peft (saved in peft's format)
 MERGEABLE = True  # the scaling vectors fold into the frozen weights
 
 

@@ -10,6 +10,7 @@ from peft import LoraConfig, TaskType
 from ..config import option
 from .peft_adapter import wrap
 
+PEFT = True  # an adapter through peft (saved in peft's format)
 MERGEABLE = True  # B·A folds into the frozen weight: W' = W + (alpha / r) B·A
 
 

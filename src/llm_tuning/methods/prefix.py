@@ -14,6 +14,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from ..config import option
 from .peft_adapter import wrap
 
+PEFT = True  # an adapter through peft (saved in peft's format)
 MERGEABLE = False
 NOT_MERGEABLE_REASON = (
     "its prefixes are extra keys and values, there is nothing to fold into the weights; serve it with --adapter"

@@ -11,6 +11,7 @@ from ..config import option
 from ..errors import UserError
 from .peft_adapter import wrap
 
+PEFT = True  # an adapter through peft (saved in peft's format)
 MERGEABLE = False
 NOT_MERGEABLE_REASON = "its virtual tokens are extra inputs, there is nothing to fold into the weights; serve it with --adapter"
 
