@@ -3,34 +3,11 @@
 import json
 
 import pytest
+from conftest import BH, BL, BLOOM_LAYER_BIASES, LLAMA_7B, LLAMA_LAYER, F, H, L, V
 
 from llm_tuning.cli import main
 from llm_tuning.errors import UserError
 from llm_tuning.params import plan
-
-# Llama-2-7B: hidden 4096, MLP 11008, 32 layers, vocabulary 32000, untied head.
-H, F, L, V = 4096, 11008, 32, 32000
-LLAMA_LAYER = 4 * H * H + 3 * H * F + 2 * H  # attention, MLP, two RMSNorms
-LLAMA_7B = V * H + L * LLAMA_LAYER + H + V * H  # embeddings, layers, final norm, head = 6,738,415,616
-
-# BLOOM with the shape of Langboat/bloom-1b4-zh: hidden 2048, 24 layers, vocabulary 46145, tied head.
-BH, BL, BV = 2048, 24, 46145
-BLOOM_LAYER_BIASES = BH + 3 * BH + BH + BH + 4 * BH + BH  # ln1, qkv, dense, ln2, h->4h, 4h->h
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    llama = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": H, "intermediate_size": F,
-             "num_hidden_layers": L, "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": V,
-             "max_position_embeddings": 4096, "tie_word_embeddings": False}
-    bloom = {"architectures": ["BloomForCausalLM"], "model_type": "bloom", "hidden_size": BH, "n_layer": BL, "n_head": 16, "vocab_size": BV}
-    folders = {}
-    for name, config in (("llama2-7b", llama), ("bloom-1b4", bloom)):
-        (root / name).mkdir()
-        (root / name / "config.json").write_text(json.dumps(config))  # nothing else: no weights, no tokenizer
-        folders[name] = root / name
-    return folders
 
 
 def count(folder, *overrides):

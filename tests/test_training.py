@@ -145,3 +145,21 @@ def test_bitless_config_errors_before_loading_anything(tmp_path, records_path):
         train({"train": {"output_dir": str(tmp_path / "x")}})
     with pytest.raises(UserError, match="model.path '.*nope': no such folder"):
         train(run_config(tmp_path / "nope", records_path, tmp_path / "run"))
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2", "bloom"])
+def test_default_lora_trains_and_reloads_on_every_architecture(tiny_models, records_path, tmp_path, architecture):
+    import torch
+
+    from conftest import train_capturing_model
+    from llm_tuning.infer import Session
+
+    config = run_config(tiny_models[architecture], records_path, tmp_path / "run", train={"max_steps": 8, "logging_steps": 1})
+    config["method"] = {"name": "lora", "r": 8, "lora_alpha": 16}  # peft's per-architecture default targets
+    run = train_capturing_model(config)
+    losses = [e["loss"] for e in run.summary["loss_history"]]
+    assert losses[-1] < losses[0]
+    assert_only_trainable_tensors_changed(run)
+    ids = torch.tensor([[9707, 11, 1879, 0, 3555]])
+    with torch.no_grad():
+        assert torch.equal(Session(adapter=run.output_dir).model(input_ids=ids).logits, run.model(input_ids=ids).logits)

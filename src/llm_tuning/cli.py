@@ -77,6 +77,48 @@ def cmd_params(args) -> int:
     return 0
 
 
+def cmd_estimate(args) -> int:
+    import json
+
+    from .config import load_config
+    from .memory import estimate, propose_for_budget
+
+    config = load_config(args.config, args.overrides)
+    report = estimate(config, device=args.device)
+    if args.budget:
+        report["budget_bytes"] = parse_size(args.budget)
+        report["proposal"] = propose_for_budget(config, report["budget_bytes"], device=args.device)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"estimated peak memory of this training run on {args.device} ({report['tokens_per_micro_batch']:,d} tokens per micro-batch):")
+    for name, size in report["components"].items():
+        print(f"  {name:<12} {_gib(size):>10}")
+    print(f"  {'total':<12} {_gib(report['total_bytes']):>10}")
+    if args.budget:
+        proposal = report["proposal"]
+        if proposal is None:
+            print(f"nothing fits in {args.budget}, even with batch 1, checkpointing and 4-bit weights")
+        else:
+            print(f"fits in {args.budget}: " + " ".join(proposal["overrides"]) + f" (estimated {_gib(proposal['total_bytes'])})")
+    return 0
+
+
+def parse_size(text: str) -> int:
+    """'24GiB', '512MiB', '8GB', '1.5G' -> bytes (GB and GiB both taken as binary, as nvidia-smi shows)."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(i?B)?\s*", text, flags=re.IGNORECASE)
+    if not match:
+        raise UserError(f"--budget '{text}': write a size such as 24GiB, 512MiB or 8GB")
+    number, unit = float(match.group(1)), match.group(2).upper()
+    return int(number * 1024 ** " KMGT".index(unit or " "))
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.2f} GiB"
+
+
 def _generation_options(args):
     from .infer import GenerationOptions
 
@@ -127,6 +169,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
     p.add_argument("--json", action="store_true", help="print the counts and the breakdown as JSON")
     p.set_defaults(run=cmd_params)
+
+    p = commands.add_parser(
+        "estimate",
+        help="predict a training run's peak memory from its config, before downloading or training",
+        description="Predict the peak memory of the training run CONFIG describes, from the model's config.json "
+        "alone: weights (by dtype and quantization), gradients, optimizer states, activations, logits and the "
+        "framework's overhead. With --budget, propose the largest micro-batch (with checkpointing and quantization "
+        "if needed) that fits, keeping the effective batch through gradient accumulation.",
+    )
+    p.add_argument("config", nargs="?", help=CONFIG_HELP + "; without one, the defaults (smollm2-135m, LoRA)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="whose overhead to add: the CPU process or a CUDA GPU (default cpu)")
+    p.add_argument("--budget", metavar="SIZE", help="memory available, e.g. 24GiB: propose settings that fit")
+    p.add_argument("--json", action="store_true", help="print total_bytes and components as JSON")
+    p.set_defaults(run=cmd_estimate)
 
     p = commands.add_parser(
         "generate",

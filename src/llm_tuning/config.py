@@ -92,6 +92,7 @@ class TrainConfig:
     adam_epsilon: float = option(1.0e-8, "AdamW epsilon; raised to 1e-4 automatically when trained parameters are float16.", min=0.0)
     gradient_checkpointing: bool = option(False, "Recompute each layer's activations in the backward pass instead of keeping them: less memory, about a third more compute.")
     checkpointing_reentrant: bool = option(False, "Use torch's reentrant checkpointing (input gradients are enabled automatically); the default non-reentrant kind is the one that works with every method.")
+    check_memory: bool = option(True, "Before training, refuse a run whose estimated peak memory exceeds what is free, and say what would fit.")
     report_to: str = option("none", "Also log to TensorBoard (`tensorboard`, needs the tensorboard package).", choices=("none", "tensorboard"))
 
 

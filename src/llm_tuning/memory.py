@@ -1,9 +1,210 @@
-"""Measure the real peak memory of a run (the estimate before training comes with the memory issue)."""
+"""Memory: estimate a training run's peak from its config alone (meta device, no weights), and measure the
+real peak of a run.
+
+Peak = weights (by dtype and quantization) + gradients of what trains + optimizer states + activations
+(saved for the backward pass; with checkpointing one layer input per layer plus one layer recomputed)
++ logits and loss buffers (batch x sequence x vocabulary) + the framework's overhead (the process baseline
+on a CPU; CUDA context and allocator slack on a GPU). The coefficients marked "measured" were fitted on
+this project's CPU benchmark (benchmarks/memory_estimate.py); see the README for its accuracy.
+"""
 
 from __future__ import annotations
 
+import re
 import resource
 import sys
+from pathlib import Path
+
+from .config import Config, load_config
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# 4-bit: 0.5 byte per weight plus the block constants: fp32 absmax per 64 weights, or with double quantization
+# an 8-bit absmax per 64 plus fp32 constants per 256 blocks.
+FOUR_BIT_BYTES = {False: 0.5 + 4 / 64, True: 0.5 + 1 / 64 + 4 / (64 * 256)}
+OPTIMIZER_BYTES_PER_PARAM = {"adamw": 8, "adamw_8bit": 2}  # two moments, fp32 or 8-bit; adafactor is per shape
+CPU_BASELINE_BYTES = 480 * 2**20  # measured: python + torch + transformers + peft + llm-tuning imported
+CUDA_CONTEXT_BYTES = 500 * 2**20  # typical CUDA context + cuBLAS workspace, as nvidia-smi counts it
+CUDA_ALLOCATOR_SLACK = 1.10  # reserved over allocated in PyTorch's caching allocator
+LOGITS_COPIES = 3.5  # measured: logits, their log-softmax for the loss, the gradients of both, transients
+# measured on a CPU: glibc keeps freed blocks of the forward pass's temporaries, so the process holds about
+# 1.8 x what autograd saves (SmolLM2, LoRA: 6,265 saved floats per token and layer; RSS grows accordingly)
+CPU_ALLOCATOR_FACTOR = 1.8
+
+
+def estimate(config: Config | str | Path | dict | None = None, overrides=(), device: str = "cpu") -> dict:
+    """Predicted peak memory of the training run `config` describes, by component, in bytes."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .methods import get_method
+    from .models import resolve_model_path
+    from .params import _tokenizer_if_any
+
+    if not isinstance(config, Config):
+        config = load_config(config, overrides)
+    path = resolve_model_path(config.model.path)
+    model_config = AutoConfig.from_pretrained(path, trust_remote_code=config.model.trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config, trust_remote_code=config.model.trust_remote_code)
+    base_bytes, quantized_params = weight_bytes(model, config)
+    method = get_method(config.method.name)
+    model = method.apply(model, config.method, _tokenizer_if_any(path))
+    trained = [p for p in model.parameters() if p.requires_grad]
+    trained_count = sum(p.numel() for p in trained)
+    added = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and method.PEFT)
+    shape = model_config.get_text_config()
+    tokens = config.train.batch_size * (config.data.max_length + virtual_input_tokens(model))
+    activations = activation_bytes(shape, config, tokens, model, method) * (CPU_ALLOCATOR_FACTOR if device == "cpu" else 1.0)
+    components = {
+        "weights": base_bytes + 4 * added,
+        "gradients": 4 * trained_count,
+        "optimizer": optimizer_bytes(trained, config.train.optimizer),
+        "activations": activations,
+        "logits": int(LOGITS_COPIES * tokens * shape.vocab_size * 4),
+        "overhead": CPU_BASELINE_BYTES if device == "cpu" else CUDA_CONTEXT_BYTES,
+    }
+    if not method.PEFT:
+        # The model's own weight gradients are allocated layer by layer in the backward pass while that layer's
+        # activations are freed: the smaller of the two is not held on top of the other (measured: full, freeze).
+        components["overlap"] = -min(components["gradients"], activations)
+    if quantized_params and device == "cpu":
+        # measured: bitsandbytes' CPU kernels keep dequantized copies of the weights for the backward pass
+        components["dequantized"] = quantized_params * 4
+    if device == "cuda":
+        allocated = sum(v for k, v in components.items() if k != "overhead")
+        components["overhead"] += int(allocated * (CUDA_ALLOCATOR_SLACK - 1))
+    components = {k: int(v) for k, v in components.items()}
+    return {"device": device, "total_bytes": sum(components.values()), "components": components,
+            "trainable_params": trained_count, "tokens_per_micro_batch": tokens}
+
+
+def virtual_input_tokens(model) -> int:
+    """Tokens prompt and P-tuning prepend to every input (prefix tuning adds keys and values, not inputs)."""
+    peft_config = getattr(model, "active_peft_config", None)
+    if peft_config is None or getattr(peft_config, "peft_type", None) not in ("PROMPT_TUNING", "P_TUNING"):
+        return 0
+    return peft_config.num_virtual_tokens
+
+
+def propose_for_budget(config: Config, budget: int, device: str = "cpu") -> dict | None:
+    """The largest micro-batch that fits `budget`, trying the config as it is, then with gradient
+    checkpointing, then (for adapter methods) on a 4-bit base; the effective batch is kept through
+    gradient accumulation. None if nothing fits."""
+    from .methods import get_method
+
+    effective = config.train.batch_size * config.train.gradient_accumulation_steps
+    choices = [[], ["train.gradient_checkpointing=true"]]
+    if get_method(config.method.name).PEFT and config.model.quantization == "none":
+        choices.append(["train.gradient_checkpointing=true", "model.quantization=4bit"])
+    for extra in choices:
+        for batch in sorted({b for b in (effective, 64, 32, 16, 8, 4, 2, 1) if b <= effective}, reverse=True):
+            settings = [*extra, f"train.batch_size={batch}", f"train.gradient_accumulation_steps={-(-effective // batch)}"]
+            candidate = load_config(config.to_dict(), settings)
+            total = estimate(candidate, device=device)["total_bytes"]
+            if total <= budget:
+                return {"overrides": settings, "total_bytes": total}
+    return None
+
+
+def weight_bytes(model, config: Config) -> tuple[int, int]:
+    """Bytes of the base weights, and how many of them are quantized: quantized linear layers (not the LM head)
+    at their packed size, the rest in model.dtype (fp32 after k-bit preparation, which upcasts them)."""
+    from torch import nn
+
+    quantization = config.model.quantization
+    other_bytes = DTYPE_BYTES[config.model.dtype] if quantization == "none" else 4
+    head = model.get_output_embeddings()
+    quantized: set[int] = set()
+    total = 0.0
+    if quantization != "none":
+        per_weight = 1.0 if quantization == "8bit" else FOUR_BIT_BYTES[config.model.double_quant]
+        for module in model.modules():
+            if isinstance(module, nn.Linear) and module is not head:
+                quantized.add(id(module.weight))
+                total += module.weight.numel() * per_weight
+    total += sum(p.numel() * other_bytes for p in model.parameters() if id(p) not in quantized)
+    quantized_count = sum(p.numel() for p in model.parameters() if id(p) in quantized)
+    return int(total), quantized_count
+
+
+def optimizer_bytes(trained, optimizer: str) -> int:
+    if optimizer == "adafactor":  # factored second moments: a row and a column vector per matrix
+        return sum(4 * (sum(p.shape) if p.dim() >= 2 else p.numel()) for p in trained)
+    return OPTIMIZER_BYTES_PER_PARAM[optimizer] * sum(p.numel() for p in trained)
+
+
+def activation_bytes(shape, config: Config, tokens: int, model, method) -> int:
+    """Tensors autograd saves for the backward pass (measured with saved_tensors_hooks on SmolLM2, linear in
+    tokens): per token and layer about 3 x intermediate + 3 x hidden values when only attention-side adapters
+    train, 4 x intermediate + 5 x hidden when the projections' own inputs must be kept too (full, freeze, LoRA
+    on every linear layer); attention that materialises its probabilities adds 2 x heads x sequence. Only the
+    layers from the first one that trains onwards save anything. With checkpointing: one hidden state per
+    layer, plus one layer recomputed."""
+    hidden = shape.hidden_size
+    heads = shape.num_attention_heads
+    intermediate = getattr(shape, "intermediate_size", None) or 4 * hidden
+    bytes_per = 2 if config.train.precision in ("bf16", "fp16") else 4
+    heavy = not method.PEFT or _adapts_every_linear(config)
+    per_token_layer = (4 * intermediate + 5 * hidden) if heavy else (3 * intermediate + 3 * hidden)
+    if _eager_attention(shape):
+        per_token_layer += 2 * heads * config.data.max_length  # scores and probabilities
+    layers = layers_with_gradients(model, shape.num_hidden_layers)
+    one_layer = per_token_layer * tokens * bytes_per
+    if config.train.gradient_checkpointing:
+        return int(layers * tokens * hidden * bytes_per + min(layers, 1) * one_layer)
+    return int(layers * one_layer)
+
+
+def layers_with_gradients(model, layer_count: int) -> int:
+    """How many layers the backward pass goes through: from the first layer holding a trained parameter to the
+    last (all of them when something before the layers trains: embeddings, virtual tokens, prefixes)."""
+    first = layer_count
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        match = re.search(r"\.(?:layers|h|blocks)\.(\d+)\.", name)
+        if match is None and not re.search(r"lm_head|\.norm\.|ln_f|final_layer", name):
+            return layer_count  # before the layers (embeddings, prompt encoders, prefixes)
+        if match is not None:
+            first = min(first, int(match.group(1)))
+    return layer_count - first
+
+
+def _adapts_every_linear(config: Config) -> bool:
+    targets = getattr(config.method, "target_modules", None)
+    return targets == "all-linear" or (isinstance(targets, list) and any(t in targets for t in ("o_proj", "down_proj", "dense_4h_to_h")))
+
+
+def _eager_attention(shape) -> bool:
+    """Architectures whose attention stores its probability matrix (BLOOM's alibi attention)."""
+    return bool(re.match(r"bloom|gpt2|falcon", getattr(shape, "model_type", "")))
+
+
+def available_bytes(device: str) -> int:
+    """Memory a new run can use: free RAM (including reclaimable cache) on a CPU, free memory on the GPU."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.mem_get_info()[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def check_fits(config: Config, predicted: dict) -> None:
+    """Refuse a run whose estimate exceeds the memory available, naming settings that would fit."""
+    from .errors import UserError
+
+    device = predicted["device"]
+    available = available_bytes(device)
+    if predicted["total_bytes"] <= available:
+        return
+    proposal = propose_for_budget(config, available, device=device)
+    advice = ("it would fit with " + " ".join(proposal["overrides"])) if proposal else "no batch size, checkpointing or quantization makes it fit"
+    raise UserError(
+        f"this run needs about {predicted['total_bytes'] / 2**30:.1f} GiB ({device}) but {available / 2**30:.1f} GiB is free; "
+        f"{advice} (llm-tuning estimate shows the components; train.check_memory=false skips this check)"
+    )
 
 
 def peak_rss_bytes() -> int:

@@ -17,7 +17,7 @@ from .data.encode import IGNORE_INDEX, encode_records
 from .data.records import read_records
 from .data.templates import get_template
 from .errors import UserError
-from .memory import peak_memory
+from .memory import check_fits, estimate, peak_memory
 from .methods import get_method
 from .models import ensure_pad_token, load_model, load_tokenizer, resolve_model_path
 from .params import count_parameters, trainable_line
@@ -65,6 +65,9 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     if not data.samples:
         raise UserError(f"no trainable samples: every prompt fills data.max_length={config.data.max_length}; raise it")
 
+    predicted = estimate(config, device="cuda" if _has_gpu() else "cpu")
+    if config.train.check_memory:
+        check_fits(config, predicted)
     set_seed(config.train.seed)  # before the method initialises its weights
     model = load_model(config.model, resolved_path)
     model.config.use_cache = False  # the generation cache is useless in training and costs memory
@@ -116,6 +119,8 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         "train_tokens": int(state.num_input_tokens_seen),
         "tokens_per_s": state.num_input_tokens_seen / runtime if runtime else 0.0,
         "adjustments": adjustments,
+        "estimated_peak_memory_bytes": predicted["total_bytes"],
+        "estimated_memory_components": predicted["components"],
         **peak_memory(),
         "started_at": started_at,
         "versions": _versions(),
