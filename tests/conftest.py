@@ -109,6 +109,20 @@ class TrainedRun:
         self.model, self.initial_state = model, initial_state
 
 
+def add_trainer_callback(monkeypatch, callback) -> None:
+    """Make llm_tuning.train add `callback` to its Trainer (to act at a given step: press Ctrl-C, force a NaN)."""
+    import llm_tuning.training as training
+
+    build = training.build_trainer
+
+    def build_with_callback(*args, **kwargs):
+        trainer = build(*args, **kwargs)
+        trainer.add_callback(callback)
+        return trainer
+
+    monkeypatch.setattr(training, "build_trainer", build_with_callback)
+
+
 def train_capturing_model(config: dict) -> TrainedRun:
     """Run llm_tuning.train, keeping the model object the method produced and its trainable tensors at init."""
     import llm_tuning.training as training

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import run_config, train_capturing_model
+from conftest import add_trainer_callback, run_config, train_capturing_model
 from safetensors.torch import load_file
 
 import llm_tuning.training as training
@@ -70,14 +70,7 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_llama,
                 with torch.no_grad():
                     next(p for n, p in model.named_parameters() if "lora_B" in n).fill_(float("nan"))
 
-    build = training.build_trainer
-
-    def build_with_nan(*args, **kwargs):
-        trainer = build(*args, **kwargs)
-        trainer.add_callback(ForceNaN())
-        return trainer
-
-    monkeypatch.setattr(training, "build_trainer", build_with_nan)
+    add_trainer_callback(monkeypatch, ForceNaN())
     out = tmp_path / "run"
     config = run_config(tiny_llama, records_path, out, train={"max_steps": 20, "save_steps": 1, "save_total_limit": None})
     with pytest.raises(UserError, match=r"training diverged at step 3: trained parameters became NaN .*learning rate 0.01.*"
@@ -91,10 +84,15 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_llama,
         assert torch.isfinite(tensor).all()
 
 
-def test_optimizers(tiny_llama, records_path, tmp_path, monkeypatch):
-    summary = train(run_config(tiny_llama, records_path, tmp_path / "run", train={"optimizer": "adafactor", "max_steps": 6,
+@pytest.mark.parametrize("optimizer", ["adafactor", "adamw_8bit"])
+def test_optimizers_train(tiny_llama, records_path, tmp_path, optimizer):
+    summary = train(run_config(tiny_llama, records_path, tmp_path / "run", train={"optimizer": optimizer, "max_steps": 6,
                                                                                "logging_steps": 1, "learning_rate": 1e-2}))
+    assert summary["optimizer"] == optimizer
     assert summary["loss_history"][-1]["loss"] < summary["loss_history"][0]["loss"]
+
+
+def test_8bit_optimizer_without_bitsandbytes_names_the_install(tiny_llama, records_path, tmp_path, monkeypatch):
     monkeypatch.setattr(training.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match="adamw_8bit needs the bitsandbytes package: pip install bitsandbytes"):
         train(run_config(tiny_llama, records_path, tmp_path / "run8", train={"optimizer": "adamw_8bit"}))

@@ -3,9 +3,8 @@ import os
 import signal
 
 import pytest
-from conftest import assert_only_trainable_tensors_changed, run_config
+from conftest import add_trainer_callback, assert_only_trainable_tensors_changed, run_config
 
-import llm_tuning.training as training
 from llm_tuning import train
 from llm_tuning.errors import UserError
 
@@ -113,14 +112,7 @@ def test_ctrl_c_saves_a_checkpoint_and_stops(tiny_llama, records_path, tmp_path,
             if state.global_step == 3:
                 os.kill(os.getpid(), signal.SIGINT)
 
-    build = training.build_trainer
-
-    def build_with_ctrl_c(*args, **kwargs):
-        trainer = build(*args, **kwargs)
-        trainer.add_callback(PressCtrlC())
-        return trainer
-
-    monkeypatch.setattr(training, "build_trainer", build_with_ctrl_c)
+    add_trainer_callback(monkeypatch, PressCtrlC())
     out = tmp_path / "run"
     summary = train(run_config(tiny_llama, records_path, out, train={"max_steps": 50}))
     assert summary["status"] == "interrupted" and summary["steps"] == 3
@@ -150,8 +142,8 @@ def test_bitless_config_errors_before_loading_anything(tmp_path, records_path):
 @pytest.mark.parametrize("architecture", ["llama", "qwen2", "bloom"])
 def test_default_lora_trains_and_reloads_on_every_architecture(tiny_models, records_path, tmp_path, architecture):
     import torch
-
     from conftest import train_capturing_model
+
     from llm_tuning.infer import Session
 
     config = run_config(tiny_models[architecture], records_path, tmp_path / "run", train={"max_steps": 8, "logging_steps": 1})

@@ -34,50 +34,18 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     """Fine-tune as `config` says; returns the run summary (also written to OUTPUT_DIR/run_summary.json)."""
     if not isinstance(config, Config):
         config = load_config(config, overrides)
-    if not config.data.path:
-        raise UserError("config key 'data.path' is required for training: a .json or .jsonl file of instruction records")
     method = get_method(config.method.name)
-    check_precision(config, has_gpu=_has_gpu())
-    check_quantization(config, method)
-    optimizer = optimizer_name(config.train.optimizer)
-    if config.train.gradient_checkpointing and config.train.checkpointing_reentrant and not getattr(method, "SUPPORTS_REENTRANT_CHECKPOINTING", True):
-        raise UserError(f"method {config.method.name} does not work with reentrant checkpointing; set train.checkpointing_reentrant=false (non-reentrant)")
     output_dir = Path(config.train.output_dir)
-    resume_from = check_output_dir(output_dir, overwrite=config.train.overwrite, resume=config.train.resume)
+    resume_from = preflight(config, method, output_dir)
     records = read_records(config.data.path)  # read before anything slow, so bad data fails fast
-
-    from transformers import set_seed
 
     adjustments: list[str] = []
     resolved_path = resolve_model_path(config.model.path)
-    tokenizer = load_tokenizer(config.model, resolved_path)
-    note = ensure_pad_token(tokenizer)
-    if note:
-        adjustments.append(note)
-    tokenizer.padding_side = "right"  # training pads on the right: positions stay 0..n-1 for every sample
-    template = get_template(config.data.template, tokenizer)
-    config.data.template = template.name  # stored resolved, so generate/chat/merge format prompts the same way
-    data = encode_records(records, template, tokenizer, config.data.max_length)
-    if data.dropped:
-        adjustments.append(
-            f"dropped {len(data.dropped)} samples whose prompt alone fills data.max_length={config.data.max_length} (first: {data.dropped[0]})"
-        )
-    if not data.samples:
-        raise UserError(f"no trainable samples: every prompt fills data.max_length={config.data.max_length}; raise it")
-
+    tokenizer, template, data = prepare_data(config, resolved_path, records, adjustments)
     predicted = estimate(config, device="cuda" if _has_gpu() else "cpu")
     if config.train.check_memory:
         check_fits(config, predicted)
-    set_seed(config.train.seed)  # before the method initialises its weights
-    model = load_model(config.model, resolved_path)
-    model.config.use_cache = False  # the generation cache is useless in training and costs memory
-    if config.model.quantization != "none":
-        model = prepare_for_training(model)
-    model = method.apply(model, config.method, tokenizer)
-    set_trainable_dtype(model, config, adjustments)
-    epsilon = adam_epsilon(model, config, adjustments)
-    if config.train.gradient_checkpointing:
-        enable_checkpointing(model, reentrant=config.train.checkpointing_reentrant)
+    model, epsilon = prepare_model(config, method, resolved_path, tokenizer, adjustments)
     trainable, total = count_parameters(model)
     if trainable == 0:
         raise UserError(f"method {config.method.name} leaves nothing to train on this model")
@@ -87,7 +55,7 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         shutil.rmtree(output_dir)  # only now that data, model and method are known to be good
     output_dir.mkdir(parents=True, exist_ok=True)
     save_run_config(config, output_dir)
-    trainer = build_trainer(config, model, tokenizer, data.samples, optimizer=optimizer, adam_epsilon=epsilon)
+    trainer = build_trainer(config, model, tokenizer, data.samples, optimizer=OPTIMIZERS[config.train.optimizer], adam_epsilon=epsilon)
     guard = DivergenceGuard(model)
     trainer.add_callback(guard)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -138,13 +106,59 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     return summary
 
 
-OPTIMIZERS = {"adamw": "adamw_torch_fused", "adamw_8bit": "adamw_bnb_8bit", "adafactor": "adafactor"}  # Trainer's names
-
-
-def optimizer_name(name: str) -> str:
-    if name == "adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:
+def preflight(config: Config, method, output_dir: Path) -> Path | None:
+    """Every check that needs no model: fails in a second instead of after loading. Returns the checkpoint to
+    resume from, if any."""
+    if not config.data.path:
+        raise UserError("config key 'data.path' is required for training: a .json or .jsonl file of instruction records")
+    check_precision(config, has_gpu=_has_gpu())
+    check_quantization(config, method)
+    if config.train.optimizer == "adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:
         raise UserError("train.optimizer adamw_8bit needs the bitsandbytes package: pip install bitsandbytes==0.50.2")
-    return OPTIMIZERS[name]
+    if config.train.gradient_checkpointing and config.train.checkpointing_reentrant and not getattr(method, "SUPPORTS_REENTRANT_CHECKPOINTING", True):
+        raise UserError(
+            f"method {config.method.name} does not work with reentrant checkpointing; set train.checkpointing_reentrant=false (non-reentrant)"
+        )
+    return check_output_dir(output_dir, overwrite=config.train.overwrite, resume=config.train.resume)
+
+
+def prepare_data(config: Config, resolved_path: str, records, adjustments: list[str]):
+    """The tokenizer (with a pad token, padding on the right), the template, and the encoded samples."""
+    tokenizer = load_tokenizer(config.model, resolved_path)
+    note = ensure_pad_token(tokenizer)
+    if note:
+        adjustments.append(note)
+    tokenizer.padding_side = "right"  # training pads on the right: positions stay 0..n-1 for every sample
+    template = get_template(config.data.template, tokenizer)
+    config.data.template = template.name  # stored resolved, so generate/chat/merge format prompts the same way
+    data = encode_records(records, template, tokenizer, config.data.max_length)
+    if data.dropped:
+        adjustments.append(
+            f"dropped {len(data.dropped)} samples whose prompt alone fills data.max_length={config.data.max_length} (first: {data.dropped[0]})"
+        )
+    if not data.samples:
+        raise UserError(f"no trainable samples: every prompt fills data.max_length={config.data.max_length}; raise it")
+    return tokenizer, template, data
+
+
+def prepare_model(config: Config, method, resolved_path: str, tokenizer, adjustments: list[str]):
+    """The base with the method applied, trained tensors in their dtype, checkpointing set; and Adam's epsilon."""
+    from transformers import set_seed
+
+    set_seed(config.train.seed)  # before the method initialises its weights
+    model = load_model(config.model, resolved_path)
+    model.config.use_cache = False  # the generation cache is useless in training and costs memory
+    if config.model.quantization != "none":
+        model = prepare_for_training(model)
+    model = method.apply(model, config.method, tokenizer)
+    set_trainable_dtype(model, config, adjustments)
+    epsilon = adam_epsilon(model, config, adjustments)
+    if config.train.gradient_checkpointing:
+        enable_checkpointing(model, reentrant=config.train.checkpointing_reentrant)
+    return model, epsilon
+
+
+OPTIMIZERS = {"adamw": "adamw_torch_fused", "adamw_8bit": "adamw_bnb_8bit", "adafactor": "adafactor"}  # Trainer's names
 
 
 def diagnose(config: Config, guard, epsilon: float, output_dir: Path) -> str:
