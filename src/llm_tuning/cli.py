@@ -18,6 +18,7 @@ EXIT_INTERRUPTED = 130
 
 CONFIG_HELP = "YAML config with sections model, method, data, train (see README, 'Config reference')"
 OVERRIDES_HELP = "section.key=value settings that override the config, e.g. train.max_steps=20 method.r=16"
+DEFAULTS_NOTE = "; without one, the defaults (smollm2-135m, LoRA)"
 
 
 def cmd_train(args) -> int:
@@ -154,19 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(method.name). Writes the adapter, config.yaml, log.jsonl, run_summary.json and checkpoints to "
         "train.output_dir. Ctrl-C saves a checkpoint and stops; train.resume=true continues from it.",
     )
-    p.add_argument("config", help=CONFIG_HELP)
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+    _add_config_arguments(p, required=True)
     p.set_defaults(run=cmd_train)
 
     p = commands.add_parser(
         "params",
         help="count what a config's method trains, from the model's config.json alone",
         description="Print what the method of CONFIG trains on its model, module by module, and the line "
-        "'trainable params: X || all params: Y || trainable%%: Z' (as peft prints it). The model is built on the "
+        "'trainable params: X || all params: Y || trainable%: Z' (as peft prints it). The model is built on the "
         "meta device from its config.json: no weights are needed or loaded, so a 7B model is counted in seconds.",
     )
-    p.add_argument("config", nargs="?", help=CONFIG_HELP + "; without one, the defaults (smollm2-135m, LoRA)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+    _add_config_arguments(p, required=False, note=DEFAULTS_NOTE)
     p.add_argument("--json", action="store_true", help="print the counts and the breakdown as JSON")
     p.set_defaults(run=cmd_params)
 
@@ -178,8 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         "framework's overhead. With --budget, propose the largest micro-batch (with checkpointing and quantization "
         "if needed) that fits, keeping the effective batch through gradient accumulation.",
     )
-    p.add_argument("config", nargs="?", help=CONFIG_HELP + "; without one, the defaults (smollm2-135m, LoRA)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+    _add_config_arguments(p, required=False, note=DEFAULTS_NOTE)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="whose overhead to add: the CPU process or a CUDA GPU (default cpu)")
     p.add_argument("--budget", metavar="SIZE", help="memory available, e.g. 24GiB: propose settings that fit")
     p.add_argument("--json", action="store_true", help="print total_bytes and components as JSON")
@@ -222,9 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", help=CONFIG_HELP + "; not needed with --adapter")
+def _add_config_arguments(p: argparse.ArgumentParser, required: bool, note: str = "") -> None:
+    p.add_argument("config", nargs=None if required else "?", help=CONFIG_HELP + note)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    _add_config_arguments(p, required=False, note="; not needed with --adapter")
     p.add_argument("--adapter", metavar="RUN_DIR", help="serve this training run (its output_dir) instead of the bare base model")
 
 
