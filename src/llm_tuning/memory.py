@@ -33,22 +33,15 @@ CPU_ALLOCATOR_FACTOR = 1.8
 
 def estimate(config: Config | str | Path | dict | None = None, overrides=(), device: str = "cpu") -> dict:
     """Predicted peak memory of the training run `config` describes, by component, in bytes."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     from .methods import get_method
-    from .models import resolve_model_path
-    from .params import _tokenizer_if_any
+    from .params import meta_model, tokenizer_if_any
 
     if not isinstance(config, Config):
         config = load_config(config, overrides)
-    path = resolve_model_path(config.model.path)
-    model_config = AutoConfig.from_pretrained(path, trust_remote_code=config.model.trust_remote_code)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(model_config, trust_remote_code=config.model.trust_remote_code)
-    base_bytes, quantized_params = weight_bytes(model, config)
+    path, model_config, model = meta_model(config)
+    base_bytes, quantized_params = weight_bytes(model, config)  # before the method adds its own tensors
     method = get_method(config.method.name)
-    model = method.apply(model, config.method, _tokenizer_if_any(path))
+    model = method.apply(model, config.method, tokenizer_if_any(path))
     trained = [p for p in model.parameters() if p.requires_grad]
     trained_count = sum(p.numel() for p in trained)
     added = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and method.PEFT)

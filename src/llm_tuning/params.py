@@ -24,24 +24,32 @@ def trainable_line(trainable: int, total: int) -> str:
     return f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
 
 
-def plan(config: Config | str | Path | dict | None = None, overrides=()) -> dict:
-    """What the config's method trains on its model, from config.json alone: counts and a per-module breakdown."""
+def meta_model(config: Config):
+    """(resolved path, model config, model) with the model built on the meta device from config.json alone:
+    shapes only, so a 7B model is built in a second without memory. Shared by `params` and `estimate`."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .methods import get_method
     from .models import resolve_model_path
 
-    if not isinstance(config, Config):
-        config = load_config(config, overrides)
     path = resolve_model_path(config.model.path)
     try:
         model_config = AutoConfig.from_pretrained(path, trust_remote_code=config.model.trust_remote_code)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read the model config of '{config.model.path}': {str(e).strip().splitlines()[0]}") from None
-    with torch.device("meta"):  # shapes only: a 7B model is counted in a second, without memory
+    with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(model_config, trust_remote_code=config.model.trust_remote_code)
-    model = get_method(config.method.name).apply(model, config.method, _tokenizer_if_any(path))
+    return path, model_config, model
+
+
+def plan(config: Config | str | Path | dict | None = None, overrides=()) -> dict:
+    """What the config's method trains on its model, from config.json alone: counts and a per-module breakdown."""
+    from .methods import get_method
+
+    if not isinstance(config, Config):
+        config = load_config(config, overrides)
+    path, _, model = meta_model(config)
+    model = get_method(config.method.name).apply(model, config.method, tokenizer_if_any(path))
     trainable, total = count_parameters(model)
     return {"method": config.method.name, "model_path": path, "trainable_params": trainable, "all_params": total,
             "trainable_percent": 100 * trainable / total, "modules": trainable_breakdown(model)}
@@ -58,7 +66,7 @@ def trainable_breakdown(model) -> list[dict]:
     return [{"name": name, "tensors": tensors, "params": params} for name, (tensors, params) in groups.items()]
 
 
-def _tokenizer_if_any(path: str):
+def tokenizer_if_any(path: str):
     """The tokenizer, for methods that need one (prompt tuning from text); None for a folder with only config.json."""
     from transformers import AutoTokenizer
 
