@@ -35,11 +35,16 @@ RUNS = [
     ("smollm2, freeze 2 layers, b4 s256", "smollm2-135m", ["method.name=freeze", "data.max_length=256", "train.batch_size=4"]),
     ("smollm2, full, b2 s256", "smollm2-135m", ["method.name=full", "data.max_length=256", "train.batch_size=2"]),
     ("smollm2, lora q,v, 4bit nf4, b4 s256", "smollm2-135m", ["model.quantization=4bit", "data.max_length=256", "train.batch_size=4"]),
+    # Held out in the first round; their errors (+29%, -34%) led to the per-projection and 8-bit terms, so they
+    # are fitted runs now.
+    ("smollm2, lora r32 k,o, b1 s1024", "smollm2-135m", ["method.r=32", "method.target_modules=[k_proj, o_proj]", "data.max_length=1024", "train.batch_size=1"]),
+    ("smollm2, lora q,v, 8bit, b4 s256, ckpt", "smollm2-135m", ["model.quantization=8bit", "data.max_length=256", "train.batch_size=4", "train.gradient_checkpointing=true"]),
     # Held out: not among the runs the estimate's measured coefficients were fitted on.
-    ("held out: smollm2, lora r32 k,o, b1 s1024", "smollm2-135m", ["method.r=32", "method.target_modules=[k_proj, o_proj]", "data.max_length=1024", "train.batch_size=1"]),
     ("held out: smollm2, ptuning, b6 s192", "smollm2-135m", ["method.name=ptuning", "data.max_length=192", "train.batch_size=6"]),
     ("held out: tiny bloom, bitfit, b16 s96", "tiny-bloom", ["method.name=bitfit", "data.max_length=96", "train.batch_size=16"]),
-    ("held out: smollm2, lora q,v, 8bit, b4 s256, ckpt", "smollm2-135m", ["model.quantization=8bit", "data.max_length=256", "train.batch_size=4", "train.gradient_checkpointing=true"]),
+    ("held out: smollm2, lora o,down, b2 s512", "smollm2-135m", ["method.target_modules=[o_proj, down_proj]", "data.max_length=512", "train.batch_size=2"]),
+    ("held out: smollm2, ia3, b2 s384, ckpt", "smollm2-135m", ["method.name=ia3", "data.max_length=384", "train.batch_size=2", "train.gradient_checkpointing=true"]),
+    ("held out: smollm2, lora q,v, 8bit, b2 s512", "smollm2-135m", ["model.quantization=8bit", "data.max_length=512", "train.batch_size=2"]),
 ]
 QUICK = {0, 3, 4}
 

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import LLAMA_7B, H, V
+from conftest import LLAMA_7B, F, H, L, V
 
 from llm_tuning.cli import main, parse_size
 from llm_tuning.errors import UserError
@@ -30,13 +30,24 @@ def test_weights_gradients_and_optimizer_follow_from_what_trains(shapes):
     assert full["overlap"] == -min(full["gradients"], full["activations"])  # gradients replace freed activations
 
 
-def test_activations_and_logits_are_linear_in_batch_and_sequence(shapes):
-    base = components(shapes["llama2-7b"], "train.batch_size=1", "data.max_length=512")["components"]
-    batch = components(shapes["llama2-7b"], "train.batch_size=4", "data.max_length=512")["components"]
-    longer = components(shapes["llama2-7b"], "train.batch_size=1", "data.max_length=1024")["components"]
+def test_activations_and_full_logits_are_linear_in_batch_and_sequence(shapes):
+    full_logits = "train.loss_chunk_size=0"
+    base = components(shapes["llama2-7b"], "train.batch_size=1", "data.max_length=512", full_logits)["components"]
+    batch = components(shapes["llama2-7b"], "train.batch_size=4", "data.max_length=512", full_logits)["components"]
+    longer = components(shapes["llama2-7b"], "train.batch_size=1", "data.max_length=1024", full_logits)["components"]
     for name in ("activations", "logits"):
         assert batch[name] == pytest.approx(4 * base[name], rel=1e-9) and longer[name] == pytest.approx(2 * base[name], rel=1e-9)
     assert base["logits"] == pytest.approx(3.5 * 512 * V * 4)  # fp32 logits, log-softmax, their gradients
+
+
+def test_chunked_loss_holds_logits_for_one_chunk(shapes):
+    def logits(*overrides):
+        return components(shapes["llama2-7b"], "train.loss_chunk_size=256", *overrides)["components"]["logits"]
+
+    assert logits("train.batch_size=8", "data.max_length=1024") == logits("train.batch_size=1", "data.max_length=512") == 2 * 256 * V * 4
+    assert logits("train.batch_size=1", "data.max_length=128") == 2 * 128 * V * 4  # fewer positions than a chunk
+    # prompt tuning runs through peft's forward, which computes the full logits
+    assert logits("method.name=prompt", "train.batch_size=1", "data.max_length=512") == pytest.approx(3.5 * (512 + 20) * V * 4)
 
 
 def test_checkpointing_keeps_one_hidden_state_per_layer(shapes):
@@ -44,6 +55,27 @@ def test_checkpointing_keeps_one_hidden_state_per_layer(shapes):
     checkpointed = components(shapes["llama2-7b"], "data.max_length=512", "train.gradient_checkpointing=true")["components"]["activations"]
     assert checkpointed < plain / 5
     assert checkpointed > 32 * 4 * 512 * H * 4  # at least one hidden state per layer and token
+
+
+def test_each_trained_projection_adds_its_own_input(shapes):
+    def activations(*overrides):
+        return components(shapes["llama2-7b"], "train.batch_size=1", "data.max_length=512", *overrides)["components"]["activations"]
+
+    per_value = 512 * L * 4 * 1.8  # tokens x layers x fp32 x the CPU allocator factor
+    q_v = activations("method.target_modules=[q_proj, v_proj]")
+    assert activations("method.target_modules=[q_proj]") == q_v  # q, k and v share one input
+    assert activations("method.target_modules=[k_proj, o_proj]") == q_v  # attention keeps its output anyway
+    assert activations("method.target_modules=[q_proj, v_proj, gate_proj, up_proj]") == pytest.approx(q_v + H * per_value, rel=1e-6)
+    assert activations("method.target_modules=[q_proj, v_proj, down_proj]") == pytest.approx(q_v + F * per_value, rel=1e-6)
+
+
+def test_int8_matmul_keeps_its_inputs_through_checkpointing(shapes):
+    def activations(*overrides):
+        return components(shapes["llama2-7b"], "data.max_length=512", "train.gradient_checkpointing=true", *overrides)["components"]["activations"]
+
+    # bitsandbytes' CPU 8-bit matmul holds each linear layer's input outside autograd's saved tensors
+    held = 4 * 512 * L * 4 * 1.8 * (3 * H + F)
+    assert activations("model.quantization=8bit") == pytest.approx(activations("model.quantization=4bit") + held, rel=1e-6)
 
 
 def test_four_bit_weights_are_about_a_quarter_of_bf16(shapes):

@@ -59,6 +59,12 @@ class DataConfig:
         choices=("auto", "plain", "native"),
     )
     max_length: int = option(512, "Longest sample in tokens; longer samples are cut there and get no EOS.", min=8)
+    packing: bool = option(
+        True,
+        "Pack several samples into each row of up to max_length tokens (no compute on padding; attention stays inside each "
+        "sample). A micro-batch is then batch_size rows. Methods with virtual tokens or prefixes, and models without position "
+        "ids (BLOOM), train unpacked, batches grouped by length.",
+    )
 
 
 @dataclass
@@ -90,6 +96,12 @@ class TrainConfig:
     keep_trainable_fp32: bool = option(True, "Keep trained parameters in float32 on a half-precision base (recommended; false trains them in model.dtype).")
     optimizer: str = option("adamw", "`adamw` (PyTorch), `adamw_8bit` (bitsandbytes, needs that package) or `adafactor`.", choices=("adamw", "adamw_8bit", "adafactor"))
     adam_epsilon: float = option(1.0e-8, "AdamW epsilon; raised to 1e-4 automatically when trained parameters are float16.", min=0.0)
+    loss_chunk_size: int = option(
+        1024,
+        "Compute the LM head and the loss only at labelled positions, this many at a time, never holding full-vocabulary "
+        "logits for the batch; 0 = transformers' own loss over full logits.",
+        min=0,
+    )
     gradient_checkpointing: bool = option(False, "Recompute each layer's activations in the backward pass instead of keeping them: less memory, about a third more compute.")
     checkpointing_reentrant: bool = option(False, "Use torch's reentrant checkpointing (input gradients are enabled automatically); the default non-reentrant kind is the one that works with every method.")
     check_memory: bool = option(True, "Before training, refuse a run whose estimated peak memory exceeds what is free, and say what would fit.")

@@ -26,9 +26,12 @@ CPU_BASELINE_BYTES = 480 * 2**20  # measured: python + torch + transformers + pe
 CUDA_CONTEXT_BYTES = 500 * 2**20  # typical CUDA context + cuBLAS workspace, as nvidia-smi counts it
 CUDA_ALLOCATOR_SLACK = 1.10  # reserved over allocated in PyTorch's caching allocator
 LOGITS_COPIES = 3.5  # measured: logits, their log-softmax for the loss, the gradients of both, transients
+CHUNKED_LOGITS_COPIES = 2  # one chunk's fp32 logits (turned into their gradient in place) and logsumexp's temporary
 # measured on a CPU: glibc keeps freed blocks of the forward pass's temporaries, so the process holds about
 # 1.8 x what autograd saves (SmolLM2, LoRA: 6,265 saved floats per token and layer; RSS grows accordingly)
 CPU_ALLOCATOR_FACTOR = 1.8
+# attention output projections: their input (the attention output) is kept by attention's own backward
+OUTPUT_PROJECTIONS = {"o_proj", "out_proj", "dense", "c_proj", "wo"}
 
 
 def estimate(config: Config | str | Path | dict | None = None, overrides=(), device: str = "cpu") -> dict:
@@ -47,13 +50,13 @@ def estimate(config: Config | str | Path | dict | None = None, overrides=(), dev
     added = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and method.PEFT)
     shape = model_config.get_text_config()
     tokens = config.train.batch_size * (config.data.max_length + virtual_input_tokens(model))
-    activations = activation_bytes(shape, config, tokens, model, method) * (CPU_ALLOCATOR_FACTOR if device == "cpu" else 1.0)
+    activations = activation_bytes(shape, config, tokens, model) * (CPU_ALLOCATOR_FACTOR if device == "cpu" else 1.0)
     components = {
         "weights": base_bytes + 4 * added,
         "gradients": 4 * trained_count,
         "optimizer": optimizer_bytes(trained, config.train.optimizer),
         "activations": activations,
-        "logits": int(LOGITS_COPIES * tokens * shape.vocab_size * 4),
+        "logits": logits_bytes(config, model, tokens, shape.vocab_size),
         "overhead": CPU_BASELINE_BYTES if device == "cpu" else CUDA_CONTEXT_BYTES,
     }
     if not method.PEFT:
@@ -69,6 +72,16 @@ def estimate(config: Config | str | Path | dict | None = None, overrides=(), dev
     components = {k: int(v) for k, v in components.items()}
     return {"device": device, "total_bytes": sum(components.values()), "components": components,
             "trainable_params": trained_count, "tokens_per_micro_batch": tokens}
+
+
+def logits_bytes(config: Config, model, tokens: int, vocab_size: int) -> int:
+    """fp32 logits and what the loss makes of them: for the whole micro-batch with transformers' loss, for one
+    chunk of labelled positions at a time with ours (loss.py)."""
+    from .loss import chunked_loss_unsupported_reason
+
+    if config.train.loss_chunk_size and chunked_loss_unsupported_reason(model) is None:
+        return int(CHUNKED_LOGITS_COPIES * min(tokens, config.train.loss_chunk_size) * vocab_size * 4)
+    return int(LOGITS_COPIES * tokens * vocab_size * 4)
 
 
 def virtual_input_tokens(model) -> int:
@@ -126,26 +139,73 @@ def optimizer_bytes(trained, optimizer: str) -> int:
     return OPTIMIZER_BYTES_PER_PARAM[optimizer] * sum(p.numel() for p in trained)
 
 
-def activation_bytes(shape, config: Config, tokens: int, model, method) -> int:
+def activation_bytes(shape, config: Config, tokens: int, model) -> int:
     """Tensors autograd saves for the backward pass (measured with saved_tensors_hooks on SmolLM2, linear in
-    tokens): per token and layer about 3 x intermediate + 3 x hidden values when only attention-side adapters
-    train, 4 x intermediate + 5 x hidden when the projections' own inputs must be kept too (full, freeze, LoRA
-    on every linear layer); attention that materialises its probabilities adds 2 x heads x sequence. Only the
-    layers from the first one that trains onwards save anything. With checkpointing: one hidden state per
-    layer, plus one layer recomputed."""
+    tokens). Per token and layer the frozen path keeps about 3 x intermediate + 2 x hidden values (norm inputs,
+    attention's q/k/v/output, the MLP's branches); each trained projection adds what its weight gradient needs
+    (`trained_projection_inputs`). Attention that materialises its probabilities adds 2 x heads x sequence.
+    Only the layers from the first one that trains onwards save anything. With checkpointing: one hidden state
+    per layer, plus one layer recomputed."""
     hidden = shape.hidden_size
-    heads = shape.num_attention_heads
     intermediate = getattr(shape, "intermediate_size", None) or 4 * hidden
     bytes_per = 2 if config.train.precision in ("bf16", "fp16") else 4
-    heavy = not method.PEFT or _adapts_every_linear(config)
-    per_token_layer = (4 * intermediate + 5 * hidden) if heavy else (3 * intermediate + 3 * hidden)
+    frozen_path = 3 * intermediate + 2 * hidden
     if _eager_attention(shape):
-        per_token_layer += 2 * heads * config.data.max_length  # scores and probabilities
+        frozen_path += 2 * shape.num_attention_heads * config.data.max_length  # scores and probabilities
     layers = layers_with_gradients(model, shape.num_hidden_layers)
-    one_layer = per_token_layer * tokens * bytes_per
+    extra = trained_projection_inputs(model, hidden)
+    per_layer = [frozen_path + extra.get(index, 0) for index in range(shape.num_hidden_layers - layers, shape.num_hidden_layers)]
+    held = layers * int8_held_inputs(config, hidden, intermediate) * tokens * bytes_per
     if config.train.gradient_checkpointing:
-        return int(layers * tokens * hidden * bytes_per + min(layers, 1) * one_layer)
-    return int(layers * one_layer)
+        return int((layers * hidden + max(per_layer, default=0)) * tokens * bytes_per + held)
+    return int(sum(per_layer) * tokens * bytes_per + held)
+
+
+def int8_held_inputs(config: Config, hidden: int, intermediate: int) -> int:
+    """Values per token and layer that bitsandbytes' 8-bit matmul on a CPU keeps on top: it stores every
+    linear layer's input as a plain attribute of its autograd context (MatMul8bitFp: `ctx.A = A`), frozen or
+    not, out of reach of saved-tensor hooks, so checkpointing cannot drop them either. The two normalised block
+    inputs and the down projection's input are new; the attention output is shared with attention's own saved
+    output unless checkpointing dropped that (measured on SmolLM2: -15% and -34% before this term, +1% and
+    -9% with it)."""
+    if config.model.quantization != "8bit":
+        return 0
+    return 2 * hidden + intermediate + (hidden if config.train.gradient_checkpointing else 0)
+
+
+def trained_projection_inputs(model, hidden: int) -> dict[int, int]:
+    """Values per token, by layer index, that trained projections keep beyond the frozen path: a weight (or a
+    LoRA / feed-forward IA3 adapter) needs its input, which frozen layers do not keep: the normalised block input
+    once per attention and once per MLP (q/k/v share one, gate/up share one), the intermediate activation for a
+    down projection; the attention output is kept anyway (o_proj adds nothing). An output-scaling IA3 vector
+    keeps the projection's output."""
+    from torch import nn
+
+    extra: dict[int, int] = {}
+    shared_inputs: set[tuple[int, str]] = set()
+    adapters: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(prefix + ".") for prefix in adapters):
+            continue  # the adapter's own sub-layers (lora_A, lora_B, base_layer): counted with the adapter
+        layer = re.search(r"\.(?:layers|h|blocks)\.(\d+)\.", name + ".")
+        is_adapter = hasattr(module, "base_layer") and hasattr(module, "in_features")
+        if is_adapter:
+            adapters.append(name)
+        if layer is None or not (is_adapter or isinstance(module, nn.Linear)):
+            continue
+        if not any(p.requires_grad for p in module.parameters()):
+            continue
+        index = int(layer.group(1))
+        if getattr(module, "is_feedforward", None) is False:  # IA3 on k/v scales the output
+            extra[index] = extra.get(index, 0) + module.out_features
+            continue
+        group = "attention" if re.search(r"attn|attention", name) else "mlp"
+        if module.in_features != hidden:
+            extra[index] = extra.get(index, 0) + module.in_features  # a down projection's own input
+        elif not (group == "attention" and name.rsplit(".", 1)[-1] in OUTPUT_PROJECTIONS) and (index, group) not in shared_inputs:
+            shared_inputs.add((index, group))
+            extra[index] = extra.get(index, 0) + hidden
+    return extra
 
 
 def layers_with_gradients(model, layer_count: int) -> int:
@@ -161,11 +221,6 @@ def layers_with_gradients(model, layer_count: int) -> int:
         if match is not None:
             first = min(first, int(match.group(1)))
     return layer_count - first
-
-
-def _adapts_every_linear(config: Config) -> bool:
-    targets = getattr(config.method, "target_modules", None)
-    return targets == "all-linear" or (isinstance(targets, list) and any(t in targets for t in ("o_proj", "down_proj", "dense_4h_to_h")))
 
 
 def _eager_attention(shape) -> bool:

@@ -14,6 +14,7 @@ from . import __version__
 from .callbacks import DivergenceGuard, JsonlLog, ProgressBar, StopOnInterrupt, interrupt_requests
 from .config import RUN_CONFIG_FILE, Config, load_config, save_run_config
 from .data.encode import IGNORE_INDEX, encode_records
+from .data.packing import PackedCollator, pack_rows, packing_unsupported_reason
 from .data.records import read_records
 from .data.templates import get_template
 from .errors import UserError
@@ -55,7 +56,7 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         shutil.rmtree(output_dir)  # only now that data, model and method are known to be good
     output_dir.mkdir(parents=True, exist_ok=True)
     save_run_config(config, output_dir)
-    trainer = build_trainer(config, model, tokenizer, data.samples, optimizer=OPTIMIZERS[config.train.optimizer], adam_epsilon=epsilon)
+    trainer = build_trainer(config, model, tokenizer, data.samples, adjustments, optimizer=OPTIMIZERS[config.train.optimizer], adam_epsilon=epsilon)
     guard = DivergenceGuard(model)
     trainer.add_callback(guard)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -79,6 +80,7 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         "optimizer": config.train.optimizer,
         "adam_epsilon": epsilon,
         "samples": len(data.samples),
+        "packed_rows": len(trainer.train_dataset) if isinstance(trainer.data_collator, PackedCollator) else None,
         "truncated_samples": data.truncated,
         "dropped_samples": len(data.dropped),
         "steps": state.global_step,
@@ -215,11 +217,21 @@ def last_checkpoint(output_dir: Path) -> Path | None:
     return max(checkpoints, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), default=None)
 
 
-def build_trainer(config: Config, model, tokenizer, samples: list[dict], optimizer: str = "adamw_torch_fused", adam_epsilon: float = 1e-8):
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+def build_trainer(config: Config, model, tokenizer, samples: list[dict], adjustments: list[str],
+                  optimizer: str = "adamw_torch_fused", adam_epsilon: float = 1e-8):
+    from transformers import DataCollatorForSeq2Seq, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
 
+    from .loss import LeanTrainer, chunked_loss_unsupported_reason
+
     t = config.train
+    packing_blocked = packing_unsupported_reason(model) if config.data.packing else None
+    if packing_blocked:
+        adjustments.append(f"data.packing: off ({packing_blocked}); batches grouped by length instead")
+    packed = config.data.packing and not packing_blocked
+    loss_blocked = chunked_loss_unsupported_reason(model) if t.loss_chunk_size else None
+    if loss_blocked:
+        adjustments.append(f"train.loss_chunk_size: full logits ({loss_blocked})")
     args = TrainingArguments(
         output_dir=t.output_dir,
         per_device_train_batch_size=t.batch_size,
@@ -242,12 +254,17 @@ def build_trainer(config: Config, model, tokenizer, samples: list[dict], optimiz
         data_seed=t.seed,
         report_to=[] if t.report_to == "none" else [t.report_to],
         remove_unused_columns=False,  # our samples carry exactly what the model needs
+        train_sampling_strategy="group_by_length" if config.data.packing and not packed else "random",
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,  # replaced by ProgressBar, which shows the loss
         use_cpu=not _has_gpu(),
     )
-    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
-    trainer = Trainer(model=model, args=args, train_dataset=samples, data_collator=collator)
+    if packed:
+        rows, collator = pack_rows(samples, config.data.max_length), PackedCollator(tokenizer.pad_token_id)
+    else:
+        rows, collator = samples, DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
+    trainer = LeanTrainer(model=model, args=args, train_dataset=rows, data_collator=collator,
+                          loss_chunk_size=0 if loss_blocked else t.loss_chunk_size)
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(ProgressBar())
     trainer.add_callback(JsonlLog(Path(t.output_dir, LOG_FILE)))

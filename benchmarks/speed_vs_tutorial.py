@@ -1,0 +1,169 @@
+"""llm-tuning against the tutorial recipe (benchmarks/tutorial_recipe.py) on the same work, each run in its own
+process, alternating, so that each peak RSS is its own.
+
+    python benchmarks/speed_vs_tutorial.py [--levers] [--scaling] [--output benchmarks/results/speed_vs_tutorial_cpu.md]
+
+Work: SmolLM2-135M, LoRA r=8 (alpha 32, dropout 0.1) on q_proj,v_proj, ../shared/data/alpaca_zh_demo.json with the
+last 80 records held out, the plain template, max length 384, micro-batch 4, lr 1e-4 (linear decay, no warmup),
+40 optimizer steps, fp32, seed 42. With packing a micro-batch is 4 rows of up to 384 tokens, so llm-tuning goes
+through more samples in its 40 steps: compare tokens per second, not time.
+Printed per run: non-padding tokens processed, tokens/s (non-padding tokens / train time), peak RSS, final training
+loss (mean of the last 10 steps) and the loss on the 80 held-out records after training; then the ratios.
+The tutorial runs first and again last (its mean is the reference); --levers adds, between them, llm-tuning with
+each lever alone (packing; chunked loss), with neither, and with gradient checkpointing.
+--scaling adds tokens/s and peak RSS at max length 256, 512, 1024 and 2048 (micro-batch 1, 10 steps, records
+concatenated so that every sample fills the length).
+Skips (exit 0) when ../shared/data is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "shared" / "data" / "alpaca_zh_demo.json"
+HELDOUT = 80
+COMMON = ["model.path=smollm2-135m", "model.dtype=float32", "data.template=plain", "method.name=lora", "method.r=8",
+          "method.lora_alpha=32", "method.lora_dropout=0.1", "method.target_modules=[q_proj, v_proj]", "train.learning_rate=1e-4",
+          "train.lr_scheduler=linear", "train.warmup_ratio=0", "train.seed=42", "train.save_steps=100000"]
+LEVERS = {
+    "llm-tuning (defaults: packing + chunked loss)": [],
+    "llm-tuning, packing only": ["train.loss_chunk_size=0"],
+    "llm-tuning, chunked loss only": ["data.packing=false"],
+    "llm-tuning, neither lever": ["data.packing=false", "train.loss_chunk_size=0"],
+    "llm-tuning, defaults + gradient checkpointing": ["train.gradient_checkpointing=true"],
+}
+
+
+def run_tutorial(model: str, data: Path, out: Path, max_length: int, steps: int, batch: int) -> dict:
+    run([sys.executable, str(HERE / "tutorial_recipe.py"), model, str(data), str(out), f"--max-length={max_length}",
+         f"--steps={steps}", f"--batch-size={batch}"])
+    result = json.loads((out / "result.json").read_text())
+    return {**result, "adapter": out / "adapter"}
+
+
+def run_llm_tuning(data: Path, out: Path, max_length: int, steps: int, batch: int, extra: list[str]) -> dict:
+    config = out.parent / "empty.yaml"
+    config.write_text("{}\n")
+    run([sys.executable, "-m", "llm_tuning", "train", str(config), *COMMON, f"data.path={data}", f"train.output_dir={out}",
+         f"data.max_length={max_length}", f"train.max_steps={steps}", f"train.batch_size={batch}", f"train.logging_steps={min(10, steps)}", *extra])
+    summary = json.loads((out / "run_summary.json").read_text())
+    return {"train_tokens": summary["train_tokens"], "train_runtime_s": summary["train_runtime_s"],
+            "peak_rss_bytes": summary["peak_memory_bytes"], "final_loss": summary["loss_history"][-1]["loss"], "adapter": out}
+
+
+def run(command: list[str]) -> None:
+    result = subprocess.run(command, capture_output=True, text=True, cwd=HERE.parent)
+    if result.returncode != 0:
+        sys.exit(f"failed: {' '.join(command)}\n{result.stderr[-3000:]}")
+
+
+def heldout_loss(model: str, adapter: Path, heldout: Path, max_length: int) -> float:
+    result = subprocess.run([sys.executable, str(HERE / "heldout_loss.py"), model, str(adapter), str(heldout), f"--max-length={max_length}"],
+                            capture_output=True, text=True, cwd=HERE, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])["heldout_loss"]
+
+
+def long_records(records: list[dict], count: int, min_chars: int) -> list[dict]:
+    """Records whose answers are several answers joined, each longer than min_chars."""
+    text = "\n\n".join(r["output"] for r in records)
+    return [{"instruction": records[i]["instruction"], "input": "", "output": (text[i * 500:] + text)[:min_chars]} for i in range(count)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--levers", action="store_true", help="also each lever alone, and with gradient checkpointing")
+    parser.add_argument("--scaling", action="store_true", help="also max length 256 to 2048")
+    parser.add_argument("--output", type=Path, help="also write the tables (markdown) here")
+    args = parser.parse_args()
+    if not DATA.is_file():
+        print(f"skipped: {DATA} not found")
+        return
+
+    from llm_tuning.models import resolve_model_path
+
+    model = resolve_model_path("smollm2-135m")  # converted once into the llm-tuning cache
+    work = Path(tempfile.mkdtemp(prefix="llm-tuning-speed-"))
+    records = json.loads(DATA.read_text(encoding="utf-8"))
+    train, heldout = work / "train.json", work / "heldout.json"
+    train.write_text(json.dumps(records[:-HELDOUT], ensure_ascii=False), encoding="utf-8")
+    heldout.write_text(json.dumps(records[-HELDOUT:], ensure_ascii=False), encoding="utf-8")
+
+    rows = []
+    variants = list(LEVERS.items()) if args.levers else list(LEVERS.items())[:1]
+    # alternating: the tutorial first and again last, llm-tuning's variants between
+    for label, run_one in [("tutorial recipe", None), *variants, ("tutorial recipe", None)]:
+        out = work / f"run{len(rows)}"
+        if run_one is None:
+            result = run_tutorial(model, train, out, 384, args.steps, 4)
+        else:
+            result = run_llm_tuning(train, out, 384, args.steps, 4, run_one)
+        rows.append((label, result))
+        report(rows[-1], model, heldout)
+    sections = [comparison_table(rows)]
+
+    if args.scaling:
+        long_train = work / "long.json"
+        long_train.write_text(json.dumps(long_records(records, 40, 12000), ensure_ascii=False), encoding="utf-8")
+        scaling = []
+        for length in (256, 512, 1024, 2048):
+            tutorial = run_tutorial(model, long_train, work / f"tutorial-{length}", length, 10, 1)
+            ours = run_llm_tuning(long_train, work / f"ours-{length}", length, 10, 1, [])
+            scaling.append((length, tutorial, ours))
+            print(f"max length {length}: tutorial {rate(tutorial):.0f} tok/s {mib(tutorial):.0f} MiB; "
+                  f"llm-tuning {rate(ours):.0f} tok/s {mib(ours):.0f} MiB", flush=True)
+        sections.append(scaling_table(scaling))
+
+    text = "\n\n".join(sections)
+    print("\n" + text)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        command = "python benchmarks/speed_vs_tutorial.py" + (" --levers" if args.levers else "") + (" --scaling" if args.scaling else "")
+        args.output.write_text(f"Command: `{command}`\n\n{text}\n", encoding="utf-8")
+
+
+def rate(result: dict) -> float:
+    return result["train_tokens"] / result["train_runtime_s"]
+
+
+def mib(result: dict) -> float:
+    return result["peak_rss_bytes"] / 2**20
+
+
+def report(row, model: str, heldout: Path) -> None:
+    label, result = row
+    result["heldout_loss"] = heldout_loss(model, result["adapter"], heldout, 384)
+    print(f"{label:<48} {result['train_tokens']:>7} tokens {rate(result):7.1f} tok/s {mib(result):6.0f} MiB "
+          f"loss {result['final_loss']:.4f} held-out {result['heldout_loss']:.4f}", flush=True)
+
+
+def comparison_table(rows) -> str:
+    lines = ["| run | non-padding tokens | tokens/s | peak RSS (MiB) | final train loss | held-out loss |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {label} | {r['train_tokens']} | {rate(r):.1f} | {mib(r):.0f} | {r['final_loss']:.4f} | {r['heldout_loss']:.4f} |" for label, r in rows]
+    tutorials = [r for label, r in rows if label == "tutorial recipe"]
+    reference = {"rate": sum(map(rate, tutorials)) / len(tutorials), "mib": sum(map(mib, tutorials)) / len(tutorials),
+                 "heldout": sum(r["heldout_loss"] for r in tutorials) / len(tutorials)}
+    lines += ["", f"Ratios against the tutorial recipe (mean of its {len(tutorials)} run(s)): targets tokens/s >= 2x, "
+              "peak RSS <= 0.6x, held-out loss <= +2%.", "", "| run | tokens/s | peak RSS | held-out loss |", "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {label} | {rate(r) / reference['rate']:.2f}x | {mib(r) / reference['mib']:.2f}x | {r['heldout_loss'] / reference['heldout'] - 1:+.1%} |"
+              for label, r in rows if label != "tutorial recipe"]
+    return "\n".join(lines)
+
+
+def scaling_table(scaling) -> str:
+    lines = ["Scaling (micro-batch 1, 10 steps, every sample fills max length):", "",
+             "| max length | tutorial tokens/s | llm-tuning tokens/s | tutorial peak RSS (MiB) | llm-tuning peak RSS (MiB) |",
+             "| ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {length} | {rate(t):.1f} | {rate(o):.1f} | {mib(t):.0f} | {mib(o):.0f} |" for length, t, o in scaling]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""The training loss computed only where it counts: the LM head and cross-entropy run on the positions that
+have a label (prompt positions are -100), a chunk at a time, and the gradients are formed in the same pass,
+so batch x sequence x vocabulary fp32 logits never exist and nothing of size vocabulary is kept for backward.
+
+Same loss and gradients as transformers' ForCausalLMLoss (sum over labelled positions / num_items_in_batch,
+or the mean when no count is given): tests/test_loss.py checks both within 1e-5.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import Trainer
+
+from .data.encode import IGNORE_INDEX
+
+
+class LabelledCrossEntropy(torch.autograd.Function):
+    """Cross-entropy of `head(hidden)` against `targets`, summed and multiplied by `scale`; computes the
+    gradients for hidden, weight and bias in the forward pass, chunk by chunk, and keeps only those (N x hidden,
+    plus the head's own size when the head trains)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, scale: float, chunk_size: int):
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if weight.requires_grad else None
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and bias.requires_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk_size):
+            h = hidden[start:start + chunk_size]
+            y = targets[start:start + chunk_size]
+            logits = nn.functional.linear(h.to(weight.dtype), weight, bias).float()
+            # d(loss)/d(logits) = softmax - one_hot(target): built in place from log_softmax (one fused kernel), the
+            # scale applied to the small products below rather than to chunk x vocabulary values
+            grad_logits = torch.log_softmax(logits, dim=-1)
+            del logits
+            picked = grad_logits.gather(1, y[:, None]).squeeze(-1)
+            total -= picked.sum()
+            grad_logits.exp_()
+            grad_logits[torch.arange(len(y), device=y.device), y] -= 1.0
+            grad_logits = grad_logits.to(weight.dtype)
+            grad_hidden[start:start + chunk_size] = (grad_logits @ weight).mul_(scale)
+            if grad_weight is not None:
+                grad_weight.addmm_(grad_logits.t().float(), h.float(), alpha=scale)
+            if grad_bias is not None:
+                grad_bias += grad_logits.float().sum(0) * scale
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        ctx.weight_dtype = weight.dtype
+        return total * scale
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        return (
+            grad_hidden * grad_output.to(grad_hidden.dtype),
+            None if grad_weight is None else (grad_weight * grad_output).to(ctx.weight_dtype),
+            None if grad_bias is None else (grad_bias * grad_output).to(ctx.weight_dtype),
+            None, None, None,
+        )
+
+
+def labelled_loss(hidden: torch.Tensor, head: nn.Linear, labels: torch.Tensor, num_items_in_batch=None, chunk_size: int = 1024):
+    """Causal LM loss from the decoder's last hidden states: position t predicts labels[t + 1]."""
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    selected = hidden[:, :-1][keep]
+    count = int(keep.sum()) if num_items_in_batch is None else int(num_items_in_batch)
+    if selected.shape[0] == 0:
+        return hidden.sum() * 0.0  # keeps the graph connected: a batch with no labels trains nothing
+    return LabelledCrossEntropy.apply(selected, head.weight, head.bias, targets[keep], 1.0 / max(count, 1), chunk_size)
+
+
+def chunked_loss_unsupported_reason(model) -> str | None:
+    """Why the decoder cannot be called directly with our loss on top, or None if it can."""
+    peft_config = getattr(model, "active_peft_config", None)
+    if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
+        return "prompt-learning methods run through peft's own forward"
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = causal_lm.get_output_embeddings()
+    if type(head) is not nn.Linear:
+        return f"the LM head is a {type(head).__name__} (adapted or replaced), not a plain linear layer"
+    config = causal_lm.config.get_text_config()
+    for scaling in ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale"):
+        if getattr(config, scaling, None) not in (None, 1, 1.0):
+            return f"the model rescales its logits ({scaling})"
+    return None
+
+
+class LeanTrainer(Trainer):
+    """transformers' Trainer with two changes to the forward pass: packed batches go in without their
+    attention mask (so restarting position ids make attention block-diagonal), and, when `loss_chunk_size` is
+    set, the loss comes from the decoder's hidden states through LabelledCrossEntropy instead of full logits."""
+
+    def __init__(self, *args, loss_chunk_size: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_chunk_size = loss_chunk_size
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "position_ids" in inputs:
+            # packed rows: the mask is there only for Trainer's token count, and a mask or a cache would each
+            # switch off the block-diagonal attention that restarting positions give
+            inputs = {**{k: v for k, v in inputs.items() if k != "attention_mask"}, "use_cache": False}
+        if not self.loss_chunk_size or return_outputs:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        labels = inputs["labels"]
+        decoder_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "use_cache")}
+        hidden = causal_lm.get_decoder()(**decoder_inputs, use_cache=False).last_hidden_state
+        return labelled_loss(hidden, causal_lm.get_output_embeddings(), labels, num_items_in_batch, self.loss_chunk_size)
