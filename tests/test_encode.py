@@ -5,9 +5,9 @@ import torch
 from conftest import qwen_tokenizer_dir
 from transformers import AutoTokenizer, DataCollatorForSeq2Seq
 
-from llm_tuning.data.encode import IGNORE_INDEX, encode_record, encode_records
-from llm_tuning.data.records import Record
-from llm_tuning.data.templates import PlainTemplate, get_template, resolve_template_name
+from llm_tuning.data.encode import IGNORE_INDEX, encode_example, encode_examples
+from llm_tuning.data.records import Example, user_message
+from llm_tuning.data.templates import PLAIN, get_template, resolve_template_name
 from llm_tuning.errors import UserError
 
 
@@ -21,11 +21,12 @@ def ids(tokenizer, text):
 
 
 def record(instruction="Who are you?", input="", output="I am TuneBot."):
-    return Record(instruction, input, output, where="test")
+    messages = ({"role": "user", "content": user_message(instruction, input)}, {"role": "assistant", "content": output})
+    return Example(messages, where="test")
 
 
 def test_plain_template_exact_ids(tokenizer):
-    sample = encode_record(record(input="in English"), PlainTemplate(), tokenizer, max_length=512)
+    sample = encode_example(record(input="in English"), PLAIN, tokenizer, max_length=512)
     prompt = ids(tokenizer, "Human: Who are you?\nin English\n\nAssistant: ")
     answer = ids(tokenizer, "I am TuneBot.")
     assert sample["input_ids"] == prompt + answer + [tokenizer.eos_token_id]
@@ -34,14 +35,14 @@ def test_plain_template_exact_ids(tokenizer):
 
 
 def test_plain_template_empty_input_has_no_blank_line(tokenizer):
-    sample = encode_record(record(), PlainTemplate(), tokenizer, max_length=512)
+    sample = encode_example(record(), PLAIN, tokenizer, max_length=512)
     text = tokenizer.decode(sample["input_ids"])
     assert text == "Human: Who are you?\n\nAssistant: I am TuneBot." + tokenizer.eos_token
 
 
 def test_native_template_trains_answer_and_eos_only(tokenizer):
     template = get_template("native", tokenizer)
-    sample = encode_record(record(), template, tokenizer, max_length=512)
+    sample = encode_example(record(), template, tokenizer, max_length=512)
     assert sample["input_ids"][-1] == tokenizer.eos_token_id
     assert sample["labels"][-1] == tokenizer.eos_token_id
     trained = [t for t, label in zip(sample["input_ids"], sample["labels"]) if label != IGNORE_INDEX]
@@ -52,8 +53,8 @@ def test_native_template_trains_answer_and_eos_only(tokenizer):
 
 
 def test_truncation_cuts_at_max_length_without_eos(tokenizer):
-    full = encode_record(record(output="one two three four five six seven eight"), PlainTemplate(), tokenizer, 512)
-    cut = encode_record(record(output="one two three four five six seven eight"), PlainTemplate(), tokenizer, 12)
+    full = encode_example(record(output="one two three four five six seven eight"), PLAIN, tokenizer, 512)
+    cut = encode_example(record(output="one two three four five six seven eight"), PLAIN, tokenizer, 12)
     assert cut["truncated"] is True
     assert cut["input_ids"] == full["input_ids"][:12] and cut["labels"] == full["labels"][:12]
     assert tokenizer.eos_token_id not in cut["labels"]
@@ -61,7 +62,7 @@ def test_truncation_cuts_at_max_length_without_eos(tokenizer):
 
 def test_samples_without_trained_tokens_are_dropped_and_counted(tokenizer):
     long_prompt = record(instruction="word " * 40)
-    data = encode_records([long_prompt, record(output="x " * 30), record()], PlainTemplate(), tokenizer, max_length=20)
+    data = encode_examples([long_prompt, record(output="x " * 30), record()], PLAIN, tokenizer, max_length=20)
     assert data.dropped == ["test"]
     assert len(data.samples) == 2 and data.truncated == 1
 
@@ -79,8 +80,8 @@ def test_padding_is_never_trained_even_when_pad_is_eos(tokenizer):
     tokenizer = AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
     tokenizer.pad_token = tokenizer.eos_token  # the Llama habit
     tokenizer.padding_side = "right"
-    short = encode_record(record(output="Hi."), PlainTemplate(), tokenizer, 512)
-    long = encode_record(record(output="A much longer answer than the other one."), PlainTemplate(), tokenizer, 512)
+    short = encode_example(record(output="Hi."), PLAIN, tokenizer, 512)
+    long = encode_example(record(output="A much longer answer than the other one."), PLAIN, tokenizer, 512)
     for s in (short, long):
         s.pop("truncated")
     batch = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)([short, long])

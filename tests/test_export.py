@@ -4,7 +4,7 @@ from test_infer import logits
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llm_tuning import merge
-from llm_tuning.data.templates import PlainTemplate
+from llm_tuning.data.templates import PLAIN
 from llm_tuning.errors import UserError
 
 
@@ -23,7 +23,7 @@ def test_plain_run_carries_its_template_into_the_merged_tokenizer(trained_plain_
     messages = [{"role": "user", "content": "Who are you?"}]
     served = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
     served = served["input_ids"] if hasattr(served, "keys") else served
-    assert list(served) == PlainTemplate().prompt_ids(tokenizer, messages)
+    assert list(served) == PLAIN.prompt_ids(tokenizer, messages)
 
 
 def test_merge_never_clobbers(trained_run, tmp_path):

@@ -41,13 +41,13 @@ def test_run_outputs_and_summary(trained_run, tiny_llama):
 def test_train_tokens_count_non_padding_tokens(trained_run):
     from transformers import AutoTokenizer
 
-    from llm_tuning.data.encode import encode_records
-    from llm_tuning.data.records import read_records
+    from llm_tuning.data.encode import encode_examples
+    from llm_tuning.data.records import read_examples
     from llm_tuning.data.templates import get_template
 
     tokenizer = AutoTokenizer.from_pretrained(trained_run.model_path)
     config = trained_run.summary["config"]
-    data = encode_records(read_records(config["data"]["path"]), get_template("native", tokenizer), tokenizer, 64)
+    data = encode_examples(read_examples(config["data"]["path"]).examples, get_template("native", tokenizer), tokenizer, 64)
     # 4 records, batch 4: every step sees every record once.
     assert trained_run.summary["train_tokens"] == 30 * data.tokens
 
@@ -155,3 +155,24 @@ def test_default_lora_trains_and_reloads_on_every_architecture(tiny_models, reco
     ids = torch.tensor([[9707, 11, 1879, 0, 3555]])
     with torch.no_grad():
         assert torch.equal(Session(adapter=run.output_dir).model(input_ids=ids).logits, run.model(input_ids=ids).logits)
+
+
+def test_several_sources_validation_split_and_skipped_records(tiny_llama, records_path, tmp_path):
+    chats = tmp_path / "chats.jsonl"
+    conversation = {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"},
+                                      {"from": "human", "value": "and you?"}, {"from": "gpt", "value": "I am TuneBot."}]}
+    chats.write_text(json.dumps(conversation) + "\n" + '{"conversations": []}\n' + json.dumps(conversation) + "\n")
+    data = {"path": [str(records_path), str(chats)], "skip_invalid": True, "val_ratio": 0.2, "system": "Be brief."}
+    summary = train(run_config(tiny_llama, records_path, tmp_path / "run", data=data, train={"max_steps": 10, "eval_steps": 5}))
+    assert summary["samples"] == 5 and summary["validation"]["samples"] == 1  # 6 good examples, 20% held out
+    assert summary["skipped_records"] == 1 and "chats.jsonl:2: 'conversations' must be a non-empty list" in summary["skipped_examples"][0]
+    validation = summary["validation"]
+    assert [e["step"] for e in validation["history"]] == [5, 10]
+    assert validation["perplexity"] == pytest.approx(__import__("math").exp(validation["loss"]))
+    assert validation["history"][-1]["loss"] < validation["history"][0]["loss"] * 1.5  # finite, sensible
+
+
+def test_eval_steps_without_validation_data_is_an_error(tiny_llama, records_path, tmp_path):
+    with pytest.raises(UserError, match="train.eval_steps needs validation data: set data.val_ratio"):
+        train(run_config(tiny_llama, records_path, tmp_path / "run", train={"eval_steps": 5}))
+    assert not (tmp_path / "run").exists()

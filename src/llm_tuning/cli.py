@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from .errors import UserError
 
@@ -43,6 +44,28 @@ def cmd_generate(args) -> int:
         print(f"### {prompt}\n{answer}\n", flush=True)
     if args.output:
         write_answers(args.output, prompts, answers)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    from .evaluation import evaluate
+
+    if args.config is None and args.adapter is None:
+        raise UserError("eval needs --adapter RUN_DIR (a trained run) or a CONFIG (its base model)")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be at least 1, got {args.limit}")
+    report = evaluate(args.config, args.data, adapter=args.adapter, output=args.output, limit=args.limit,
+                      compare_base=args.compare_base, overrides=args.overrides, options=_generation_options(args))
+    names = ("bleu4", "rouge1", "rouge2", "rougeL", "exact_match", "loss", "perplexity")
+    print(f"{'':<6}" + "".join(f"{name:>12}" for name in names))
+    for who in ("model", "base"):
+        if who in report:
+            print(f"{who:<6}" + "".join(f"{report[who][name]:>12.4f}" for name in names))
+    print(f"{report['model']['count']} examples; predictions.jsonl and metrics.json in {report['output']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report, indent=2))
     return 0
 
 
@@ -102,6 +125,34 @@ def cmd_estimate(args) -> int:
             print(f"nothing fits in {args.budget}, even with batch 1, checkpointing and 4-bit weights")
         else:
             print(f"fits in {args.budget}: " + " ".join(proposal["overrides"]) + f" (estimated {_gib(proposal['total_bytes'])})")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    import json
+
+    from .files import free_path
+    from .inspection import inspect_data, write_histogram
+
+    report = inspect_data(args.config, args.overrides, samples=args.samples)
+    lengths = report.pop("lengths")
+    default = Path(args.config).with_suffix(".lengths.png") if args.config else Path("lengths.png")
+    report["histogram"] = str(write_histogram(lengths, report["stats"]["max_length"], free_path(Path(args.histogram) if args.histogram else default)))
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return 0
+    mark = ("\033[32m", "\033[0m") if sys.stdout.isatty() else ("\u27e6", "\u27e7")  # trained text in green, or in ⟦ ⟧
+    for number, sample in enumerate(report["samples"]):
+        trained = sum(label != -100 for label in sample["labels"])
+        print(f"--- sample {number}: {len(sample['input_ids'])} tokens, {trained} trained{', truncated' if sample['truncated'] else ''} (trained text marked)")
+        print("".join(f"{mark[0]}{span['text']}{mark[1]}" if span["trained"] else span["text"] for span in sample["spans"]))
+    stats = report["stats"]
+    print(f"--- {stats['count']} samples, template {report['template']}: length mean {stats['mean']}, p50 {stats['p50']}, "
+          f"p95 {stats['p95']}, max {stats['max']} tokens; data.max_length={stats['max_length']} truncates {stats['truncated']}")
+    print(f"recommended data.max_length: {stats['recommended_max_length']} (1.5 x the mean without outliers) or {stats['p95']} (p95)")
+    for check in report["checks"]:
+        print(f"{'ok  ' if check['ok'] else 'WARN'} {check['check']}: {check['detail']}")
+    print(f"length histogram: {report['histogram']}")
     return 0
 
 
@@ -184,6 +235,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_estimate)
 
     p = commands.add_parser(
+        "inspect",
+        help="show what the model will be trained on: samples, lengths, checks",
+        description="Encode the training data of CONFIG as train would and show N samples with trained and masked text "
+        "told apart, the length statistics of the whole set (mean, p50, p95, max, how many data.max_length truncates, "
+        "a recommended max length), checks of the encoding, and a length histogram (PNG).",
+    )
+    _add_config_arguments(p, required=True)
+    p.add_argument("--samples", type=int, default=3, metavar="N", help="how many samples to show (default 3)")
+    p.add_argument("--histogram", metavar="FILE", help="where to write the PNG (default: next to CONFIG; never overwrites)")
+    p.add_argument("--json", action="store_true", help="print samples, stats and checks as JSON")
+    p.set_defaults(run=cmd_inspect)
+
+    p = commands.add_parser(
         "generate",
         help="answer prompts with a base model or a trained run",
         description="Answer prompts, batched, with the base model of CONFIG, or with a trained run (--adapter RUN_DIR: "
@@ -195,6 +259,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="FILE", help="also write {prompt, response} lines to this new JSONL file")
     _add_generation_arguments(p)
     p.set_defaults(run=cmd_generate)
+
+    p = commands.add_parser(
+        "eval",
+        help="score a trained run (or a base model) on a test set",
+        description="Generate an answer for every record of --data (its last assistant turn is the reference), score "
+        "them (BLEU-4, ROUGE-1/2/L with jieba segmentation, exact match) and measure the loss on the references. "
+        "Writes predictions.jsonl and metrics.json to --output (default RUN_DIR/eval, never overwritten).",
+    )
+    _add_model_arguments(p)
+    p.add_argument("--data", required=True, metavar="FILE", help="test records (any format train reads)")
+    p.add_argument("--output", metavar="DIR", help="where to write predictions.jsonl and metrics.json")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N records")
+    p.add_argument("--compare-base", action="store_true", help="also score the run's base model, without the adapter, on the same prompts")
+    p.add_argument("--json", action="store_true", help="also print the metrics as JSON")
+    _add_generation_arguments(p)
+    p.set_defaults(run=cmd_eval)
 
     p = commands.add_parser(
         "chat",

@@ -51,13 +51,28 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    path: str | None = option(None, "Training data: Alpaca-style records (instruction, input, output) in a .json or .jsonl file.")
+    path: str | list[str] | None = option(
+        None,
+        "Training data, one source or a list: Alpaca records (instruction, input, output), ShareGPT `conversations` or "
+        "OpenAI-style `messages`, in .json, .jsonl, .csv or .parquet, a `save_to_disk` folder, or a hub dataset id (org/name).",
+    )
+    columns: dict[str, str] | None = option(
+        None, "Map our field names to the data's own, e.g. {instruction: context, output: target} (also input, system, messages, conversations)."
+    )
     template: str = option(
         "auto",
-        "Prompt format: `plain` (`Human: {instruction}\\n{input}\\n\\nAssistant: `), `native` (the tokenizer's chat template) "
-        "or `auto` (native when the tokenizer has a chat template, else plain).",
-        choices=("auto", "plain", "native"),
+        "Prompt format: `plain` (`Human: {instruction}\\n{input}\\n\\nAssistant: `), `native` (the tokenizer's chat template), "
+        "`llama2`, `llama3`, `chatglm3`, `chatml`; `auto`: native when the tokenizer has a chat template, else the model "
+        "family's format, else plain.",
+        choices=("auto", "plain", "native", "llama2", "llama3", "chatglm3", "chatml"),
     )
+    system: str | None = option(None, "System prompt for every example that has none of its own.")
+    skip_invalid: bool = option(
+        False, "Skip bad records (missing or non-string fields, empty answers, broken lines) instead of stopping; they are counted in the run summary."
+    )
+    val_ratio: float = option(0.0, "Share of the (shuffled) examples held out for validation.", min=0.0, max=0.5)
+    val_path: str | list[str] | None = option(None, "Validation data (same formats as path); takes the place of val_ratio.")
+    seed: int = option(42, "Seed of the shuffle before the validation split.")
     max_length: int = option(512, "Longest sample in tokens; longer samples are cut there and get no EOS.", min=8)
     packing: bool = option(
         True,
@@ -83,6 +98,9 @@ class TrainConfig:
     warmup_ratio: float = option(0.03, "Share of the steps spent warming up the learning rate linearly from 0.", min=0.0, max=0.99)
     weight_decay: float = option(0.0, "AdamW weight decay.", min=0.0)
     max_grad_norm: float = option(1.0, "Gradient clipping norm (0 turns clipping off).", min=0.0)
+    eval_steps: int | None = option(
+        None, "Validation loss every N optimizer steps (with data.val_ratio or data.val_path); without it, once at the end.", min=1
+    )
     logging_steps: int = option(5, "Log the loss every N optimizer steps.", min=1)
     save_steps: int = option(50, "Write a checkpoint every N optimizer steps.", min=1)
     save_total_limit: int | None = option(2, "Keep at most this many checkpoints (oldest deleted first); null keeps all.", min=1)
@@ -213,6 +231,11 @@ def _coerce(value: Any, hint: Any) -> Any:
         if not isinstance(value, list):
             raise TypeError(_type_name(hint))
         return [_coerce(item, item_type) for item in value]
+    if origin is dict:
+        key_type, value_type = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise TypeError(_type_name(hint))
+        return {_coerce(k, key_type): _coerce(v, value_type) for k, v in value.items()}
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -248,6 +271,8 @@ def _type_name(hint: Any) -> str:
         return " or ".join(_type_name(t) for t in typing.get_args(hint))
     if origin is list:
         return "a list of " + _type_name(typing.get_args(hint)[0]).split(" ", 1)[1] + "s"
+    if origin is dict:
+        return "a mapping of names to " + _type_name(typing.get_args(hint)[1]).split(" ", 1)[1] + "s"
     return _TYPE_NAMES[hint]
 
 
@@ -306,10 +331,21 @@ def _parse_override(item: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
+def _absolute_if_local(paths):
+    """Data sources made absolute, except hub dataset ids."""
+    from .data.records import looks_like_hub_id
+
+    if paths is None:
+        return None
+    if isinstance(paths, list):
+        return [_absolute_if_local(p) for p in paths]
+    return paths if looks_like_hub_id(paths) else str(Path(paths).expanduser().resolve())
+
+
 def _absolutize_paths(config: Config) -> None:
     """Relative paths are taken from the current directory; store them absolute so a run dir works anywhere."""
-    if config.data.path:
-        config.data.path = str(Path(config.data.path).expanduser().resolve())
+    config.data.path = _absolute_if_local(config.data.path)
+    config.data.val_path = _absolute_if_local(config.data.val_path)
     config.train.output_dir = str(Path(config.train.output_dir).expanduser().resolve())
     model_path = Path(config.model.path).expanduser()
     if model_path.exists():

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 from .config import load_run_config
-from .data.templates import PlainTemplate, get_template
+from .data.templates import get_template
 from .errors import UserError
 from .methods import get_method
-from .models import load_model, load_tokenizer, resolve_model_path
+from .models import load_model, load_tokenizer, model_type, resolve_model_path
 from .weights import is_peft_model, load_trained
 
 MERGE_SUMMARY_FILE = "llm_tuning_merge.json"
@@ -33,9 +33,10 @@ def merge(adapter: str | Path, output: str | Path, overwrite: bool = False) -> P
     model = load_trained(load_model(config.model, path, dtype="float32", quantize=False), adapter)
     if is_peft_model(model):
         model = model.merge_and_unload()
-    if get_template(config.data.template, tokenizer).name == "plain":
+    template = get_template(config.data.template, tokenizer, model_type(path))
+    if template.jinja:
         # Carry the format the model was trained with, so that chat tools serve it the same way.
-        tokenizer.chat_template = PlainTemplate.jinja
+        tokenizer.chat_template = template.jinja
 
     partial = output.with_name(output.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config, load_config, load_run_config
-from .data.records import SUPPORTED_SUFFIXES, read_json_objects, read_text, user_message
+from .data.records import JSON_SUFFIXES, read_json_objects, read_text, user_message
 from .data.templates import get_template
 from .errors import UserError
-from .models import ensure_pad_token, load_model, load_tokenizer, resolve_model_path
+from .models import ensure_pad_token, load_model, load_tokenizer, model_type, resolve_model_path
 from .weights import load_trained
 
 
@@ -45,16 +45,18 @@ def resolve_config(config: Config | str | Path | dict | None, overrides=(), adap
 class Session:
     """A loaded model ready to answer: tokenizer, template and (optionally adapted) model in eval mode."""
 
-    def __init__(self, config: Config | str | Path | dict | None = None, overrides=(), adapter: str | Path | None = None):
+    def __init__(self, config: Config | str | Path | dict | None = None, overrides=(), adapter: str | Path | None = None,
+                 base_only: bool = False):
+        """With `base_only`, the run's base model and template without its trained weights (to compare)."""
         import torch
 
         self.config = resolve_config(config, overrides, adapter)
         path = resolve_model_path(self.config.model.path)
         self.tokenizer = load_tokenizer(self.config.model, path)
         ensure_pad_token(self.tokenizer)
-        self.template = get_template(self.config.data.template, self.tokenizer)
+        self.template = get_template(self.config.data.template, self.tokenizer, model_type(path))
         model = load_model(self.config.model, path)
-        if adapter is not None:
+        if adapter is not None and not base_only:
             model = load_trained(model, adapter)
         self.model = model.eval()
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -72,12 +74,12 @@ class Session:
         import torch
 
         # Generation pads on the left, so that every prompt ends where its answer begins.
-        prompts = [{"input_ids": self.template.prompt_ids(self.tokenizer, c)} for c in conversations]
+        prompts = [{"input_ids": self.template.prompt_ids(self.tokenizer, c, self.config.data.system)} for c in conversations]
         batch = self.tokenizer.pad(prompts, padding=True, padding_side="left", return_tensors="pt").to(self.device)
         with torch.no_grad():
             output = self.model.generate(
                 **batch, **options.kwargs(), pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=self.tokenizer.eos_token_id, streamer=streamer,
+                eos_token_id=self.template.stop_ids(self.tokenizer), streamer=streamer,
             )
         new_tokens = output[:, batch["input_ids"].shape[1] :]
         return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
@@ -99,7 +101,7 @@ class Session:
 def read_prompts(path: str | Path) -> list[str]:
     """Prompts from a text file (one per line) or JSON/JSONL records with `instruction` and optional `input`."""
     path = Path(path)
-    if path.suffix not in SUPPORTED_SUFFIXES:
+    if path.suffix not in JSON_SUFFIXES:
         if not path.is_file():
             raise UserError(f"prompts file not found: {path}")
         return [line for line in read_text(path).splitlines() if line.strip()]

@@ -67,6 +67,10 @@ def labelled_loss(hidden: torch.Tensor, head: nn.Linear, labels: torch.Tensor, n
     count = int(keep.sum()) if num_items_in_batch is None else int(num_items_in_batch)
     if selected.shape[0] == 0:
         return hidden.sum() * 0.0  # keeps the graph connected: a batch with no labels trains nothing
+    if not torch.is_grad_enabled():  # evaluation: the loss alone, a chunk at a time
+        total = sum(nn.functional.cross_entropy(head(selected[i:i + chunk_size]).float(), targets[keep][i:i + chunk_size], reduction="sum")
+                    for i in range(0, selected.shape[0], chunk_size))
+        return total / max(count, 1)
     return LabelledCrossEntropy.apply(selected, head.weight, head.bias, targets[keep], 1.0 / max(count, 1), chunk_size)
 
 
@@ -100,10 +104,11 @@ class LeanTrainer(Trainer):
             # packed rows: the mask is there only for Trainer's token count, and a mask or a cache would each
             # switch off the block-diagonal attention that restarting positions give
             inputs = {**{k: v for k, v in inputs.items() if k != "attention_mask"}, "use_cache": False}
-        if not self.loss_chunk_size or return_outputs:
+        if not self.loss_chunk_size:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
         labels = inputs["labels"]
         decoder_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "use_cache")}
         hidden = causal_lm.get_decoder()(**decoder_inputs, use_cache=False).last_hidden_state
-        return labelled_loss(hidden, causal_lm.get_output_embeddings(), labels, num_items_in_batch, self.loss_chunk_size)
+        loss = labelled_loss(hidden, causal_lm.get_output_embeddings(), labels, num_items_in_batch, self.loss_chunk_size)
+        return (loss, {"loss": loss}) if return_outputs else loss  # evaluation asks for the loss only (no logits)

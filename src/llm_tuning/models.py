@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -25,14 +26,14 @@ def resolve_model_path(path: str) -> str:
             raise UserError(f"model.path '{path}' is a folder without config.json: not a Hugging Face model folder")
         return str(local)
     if HUB_ID.match(path) and not local.exists():
-        _check_hub_reachable(path)
+        check_hub_reachable(path)
         return path
     raise UserError(
         f"model.path '{path}': no such folder, and not a built-in alias ({', '.join(ALIASES)}) or a hub id (org/name)"
     )
 
 
-def _check_hub_reachable(path: str) -> None:
+def check_hub_reachable(path: str, what: str = "model.path") -> None:
     """Fail at once when the hub cannot be reached, instead of after a minute of retries per file.
     With HF_HUB_OFFLINE=1 the hub is not asked and models come from the local Hugging Face cache."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
@@ -42,8 +43,9 @@ def _check_hub_reachable(path: str) -> None:
         socket.create_connection((host, 443), timeout=5).close()
     except OSError as e:
         raise UserError(
-            f"model.path '{path}' looks like a hub id, but {host} cannot be reached ({e.strerror or e}); offline? "
-            f"Use a local folder, a built-in alias ({', '.join(ALIASES)}), or HF_HUB_OFFLINE=1 for models already in the Hugging Face cache"
+            f"{what} '{path}' looks like a hub id, but {host} cannot be reached ({e.strerror or e}); offline? "
+            + (f"Use a local folder, a built-in alias ({', '.join(ALIASES)}), or HF_HUB_OFFLINE=1 for models already in the Hugging Face cache"
+               if what == "model.path" else "Use a local file or folder")
         ) from None
 
 
@@ -53,6 +55,12 @@ def _hub_error(path: str, error: Exception) -> UserError:
         f"could not load model '{path}' from the Hugging Face hub ({first_line}); offline? "
         f"Use a local folder or a built-in alias ({', '.join(ALIASES)})"
     )
+
+
+def model_type(resolved_path: str) -> str | None:
+    """The architecture family from the folder's config.json (None for a hub id not yet downloaded)."""
+    config_file = Path(resolved_path, "config.json")
+    return json.loads(config_file.read_text()).get("model_type") if config_file.is_file() else None
 
 
 def load_tokenizer(model_config: ModelConfig, resolved_path: str):

@@ -13,14 +13,14 @@ from pathlib import Path
 from . import __version__
 from .callbacks import DivergenceGuard, JsonlLog, ProgressBar, StopOnInterrupt, interrupt_requests
 from .config import RUN_CONFIG_FILE, Config, load_config, save_run_config
-from .data.encode import IGNORE_INDEX, encode_records
+from .data.encode import IGNORE_INDEX, encode_examples
 from .data.packing import PackedCollator, pack_rows, packing_unsupported_reason
-from .data.records import read_records
+from .data.records import ReadResult, read_examples
 from .data.templates import get_template
 from .errors import UserError
 from .memory import check_fits, estimate, peak_memory
 from .methods import get_method
-from .models import ensure_pad_token, load_model, load_tokenizer, resolve_model_path
+from .models import ensure_pad_token, load_model, load_tokenizer, model_type, resolve_model_path
 from .params import count_parameters, trainable_line
 from .precision import adam_epsilon, check_precision, set_trainable_dtype
 from .quantization import check_quantization, prepare_for_training
@@ -38,11 +38,12 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     method = get_method(config.method.name)
     output_dir = Path(config.train.output_dir)
     resume_from = preflight(config, method, output_dir)
-    records = read_records(config.data.path)  # read before anything slow, so bad data fails fast
+    train_read, val_read = read_data(config)  # before anything slow, so bad data fails fast
 
     adjustments: list[str] = []
     resolved_path = resolve_model_path(config.model.path)
-    tokenizer, template, data = prepare_data(config, resolved_path, records, adjustments)
+    tokenizer, template, data = prepare_data(config, resolved_path, train_read.examples, adjustments)
+    val_data = encode_examples(val_read.examples, template, tokenizer, config.data.max_length, config.data.system) if val_read else None
     predicted = estimate(config, device="cuda" if _has_gpu() else "cpu")
     if config.train.check_memory:
         check_fits(config, predicted)
@@ -56,7 +57,8 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         shutil.rmtree(output_dir)  # only now that data, model and method are known to be good
     output_dir.mkdir(parents=True, exist_ok=True)
     save_run_config(config, output_dir)
-    trainer = build_trainer(config, model, tokenizer, data.samples, adjustments, optimizer=OPTIMIZERS[config.train.optimizer], adam_epsilon=epsilon)
+    trainer = build_trainer(config, model, tokenizer, data.samples, adjustments, optimizer=OPTIMIZERS[config.train.optimizer],
+                            adam_epsilon=epsilon, val_samples=val_data.samples if val_data else None)
     guard = DivergenceGuard(model)
     trainer.add_callback(guard)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -64,6 +66,7 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         trainer.add_callback(StopOnInterrupt(interrupted))
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     status = "diverged" if guard.problem else "interrupted" if interrupted else "completed"
+    validation = validate(trainer, val_data) if val_data and status == "completed" else None
     saved_bytes = 0 if guard.problem else save_trained(model, output_dir)  # never save a diverged model
 
     state = trainer.state
@@ -83,6 +86,9 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         "packed_rows": len(trainer.train_dataset) if isinstance(trainer.data_collator, PackedCollator) else None,
         "truncated_samples": data.truncated,
         "dropped_samples": len(data.dropped),
+        "skipped_records": len(train_read.skipped) + (len(val_read.skipped) if val_read else 0),
+        "skipped_examples": (train_read.skipped + (val_read.skipped if val_read else []))[:20],
+        "validation": validation,
         "steps": state.global_step,
         "loss_history": [{"step": e["step"], "loss": e["loss"]} for e in state.log_history if "loss" in e],
         "train_runtime_s": runtime,
@@ -112,7 +118,9 @@ def preflight(config: Config, method, output_dir: Path) -> Path | None:
     """Every check that needs no model: fails in a second instead of after loading. Returns the checkpoint to
     resume from, if any."""
     if not config.data.path:
-        raise UserError("config key 'data.path' is required for training: a .json or .jsonl file of instruction records")
+        raise UserError("config key 'data.path' is required for training: a data file, a list of them, a save_to_disk folder or a hub id")
+    if config.train.eval_steps and not (config.data.val_ratio or config.data.val_path):
+        raise UserError("train.eval_steps needs validation data: set data.val_ratio (e.g. 0.1) or data.val_path")
     check_precision(config, has_gpu=_has_gpu())
     check_quantization(config, method)
     if config.train.optimizer == "adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:
@@ -124,16 +132,34 @@ def preflight(config: Config, method, output_dir: Path) -> Path | None:
     return check_output_dir(output_dir, overwrite=config.train.overwrite, resume=config.train.resume)
 
 
-def prepare_data(config: Config, resolved_path: str, records, adjustments: list[str]):
+def read_data(config: Config) -> tuple[ReadResult, ReadResult | None]:
+    """Training examples and the validation ones: data.val_path, or a data.val_ratio share of the shuffled data."""
+    import random
+
+    d = config.data
+    train_read = read_examples(d.path, d.columns, d.skip_invalid)
+    if d.val_path:
+        return train_read, read_examples(d.val_path, d.columns, d.skip_invalid)
+    if not d.val_ratio:
+        return train_read, None
+    examples = list(train_read.examples)
+    random.Random(d.seed).shuffle(examples)
+    held_out = round(len(examples) * d.val_ratio)
+    if held_out == 0 or held_out == len(examples):
+        raise UserError(f"data.val_ratio={d.val_ratio} of {len(examples)} examples leaves an empty split; change data.val_ratio")
+    return ReadResult(examples[held_out:], train_read.skipped), ReadResult(examples[:held_out])
+
+
+def prepare_data(config: Config, resolved_path: str, examples, adjustments: list[str]):
     """The tokenizer (with a pad token, padding on the right), the template, and the encoded samples."""
     tokenizer = load_tokenizer(config.model, resolved_path)
     note = ensure_pad_token(tokenizer)
     if note:
         adjustments.append(note)
     tokenizer.padding_side = "right"  # training pads on the right: positions stay 0..n-1 for every sample
-    template = get_template(config.data.template, tokenizer)
+    template = get_template(config.data.template, tokenizer, model_type(resolved_path))
     config.data.template = template.name  # stored resolved, so generate/chat/merge format prompts the same way
-    data = encode_records(records, template, tokenizer, config.data.max_length)
+    data = encode_examples(examples, template, tokenizer, config.data.max_length, config.data.system, progress=True)
     if data.dropped:
         adjustments.append(
             f"dropped {len(data.dropped)} samples whose prompt alone fills data.max_length={config.data.max_length} (first: {data.dropped[0]})"
@@ -141,6 +167,16 @@ def prepare_data(config: Config, resolved_path: str, records, adjustments: list[
     if not data.samples:
         raise UserError(f"no trainable samples: every prompt fills data.max_length={config.data.max_length}; raise it")
     return tokenizer, template, data
+
+
+def validate(trainer, val_data) -> dict:
+    """Loss and perplexity on the validation samples, plus the losses logged during training."""
+    import math
+
+    history = [{"step": e["step"], "loss": e["eval_loss"]} for e in trainer.state.log_history if "eval_loss" in e]
+    done_at_the_end = history and history[-1]["step"] == trainer.state.global_step
+    loss = history[-1]["loss"] if done_at_the_end else trainer.evaluate()["eval_loss"]
+    return {"samples": len(val_data.samples), "loss": loss, "perplexity": math.exp(min(loss, 700)), "history": history}
 
 
 def prepare_model(config: Config, method, resolved_path: str, tokenizer, adjustments: list[str]):
@@ -218,7 +254,7 @@ def last_checkpoint(output_dir: Path) -> Path | None:
 
 
 def build_trainer(config: Config, model, tokenizer, samples: list[dict], adjustments: list[str],
-                  optimizer: str = "adamw_torch_fused", adam_epsilon: float = 1e-8):
+                  optimizer: str = "adamw_torch_fused", adam_epsilon: float = 1e-8, val_samples: list[dict] | None = None):
     from transformers import DataCollatorForSeq2Seq, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
 
@@ -247,6 +283,10 @@ def build_trainer(config: Config, model, tokenizer, samples: list[dict], adjustm
         fp16=t.precision == "fp16",
         max_steps=t.max_steps or -1,
         num_train_epochs=t.num_epochs,
+        eval_strategy="steps" if t.eval_steps and val_samples else "no",
+        eval_steps=t.eval_steps,
+        per_device_eval_batch_size=t.batch_size,
+        prediction_loss_only=True,
         logging_steps=t.logging_steps,
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
@@ -261,9 +301,11 @@ def build_trainer(config: Config, model, tokenizer, samples: list[dict], adjustm
     )
     if packed:
         rows, collator = pack_rows(samples, config.data.max_length), PackedCollator(tokenizer.pad_token_id)
+        val_rows = pack_rows(val_samples, config.data.max_length) if val_samples else None
     else:
         rows, collator = samples, DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
-    trainer = LeanTrainer(model=model, args=args, train_dataset=rows, data_collator=collator,
+        val_rows = val_samples
+    trainer = LeanTrainer(model=model, args=args, train_dataset=rows, eval_dataset=val_rows, data_collator=collator,
                           loss_chunk_size=0 if loss_blocked else t.loss_chunk_size)
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(ProgressBar())

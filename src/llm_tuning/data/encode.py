@@ -1,22 +1,27 @@
-"""Turn records into training samples: prompt tokens masked with -100, answer tokens and EOS trained."""
+"""Turn examples into training samples: system, user and template tokens masked with -100, every assistant
+turn and its stop token trained."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .records import Record
+from .records import Example
 
 IGNORE_INDEX = -100  # the label value that PyTorch's cross-entropy skips
 
 
-def encode_record(record: Record, template, tokenizer, max_length: int) -> dict:
-    """input_ids and labels for one record; cut at max_length, in which case the final EOS is cut too
-    (a truncated answer must not teach the model to stop mid-sentence)."""
-    messages = [{"role": "user", "content": record.user_message()}]
-    prompt = template.prompt_ids(tokenizer, messages)
-    response = template.response_ids(tokenizer, messages, record.output)
-    input_ids = prompt + response
-    labels = [IGNORE_INDEX] * len(prompt) + response
+def encode_example(example: Example, template, tokenizer, max_length: int, system: str | None = None) -> dict:
+    """input_ids and labels for one example; cut at max_length, in which case the final stop token is cut too
+    (a truncated answer must not teach the model to stop mid-sentence). The example's own system prompt wins
+    over `system` (data.system)."""
+    input_ids: list[int] = []
+    labels: list[int] = []
+    segments = template.segments(tokenizer, list(example.messages), example.system or system)
+    while segments and not segments[-1][1]:
+        segments.pop()  # what follows the last answer (a newline between turns) teaches nothing
+    for ids, trained in segments:
+        input_ids += ids
+        labels += ids if trained else [IGNORE_INDEX] * len(ids)
     truncated = len(input_ids) > max_length
     return {"input_ids": input_ids[:max_length], "labels": labels[:max_length], "truncated": truncated}
 
@@ -24,22 +29,30 @@ def encode_record(record: Record, template, tokenizer, max_length: int) -> dict:
 @dataclass
 class EncodedData:
     samples: list[dict]  # {"input_ids", "labels"}
-    truncated: int = 0  # samples cut at max_length (still trained, without EOS)
-    dropped: list[str] = field(default_factory=list)  # records whose prompt alone filled max_length
+    truncated: int = 0  # samples cut at max_length (still trained, without their stop token)
+    dropped: list[str] = field(default_factory=list)  # examples whose prompt alone filled max_length
 
     @property
     def tokens(self) -> int:
         return sum(len(s["input_ids"]) for s in self.samples)
 
 
-def encode_records(records: list[Record], template, tokenizer, max_length: int) -> EncodedData:
+def encode_examples(examples: list[Example], template, tokenizer, max_length: int, system: str | None = None, progress: bool = False) -> EncodedData:
     data = EncodedData(samples=[])
-    for record in records:
-        sample = encode_record(record, template, tokenizer, max_length)
+    for example in _progress(examples, progress):
+        sample = encode_example(example, template, tokenizer, max_length, system)
         if all(label == IGNORE_INDEX for label in sample["labels"]):
             # Nothing left to learn from: training on it would only add a zero-weight row.
-            data.dropped.append(record.where)
+            data.dropped.append(example.where)
             continue
         data.truncated += sample.pop("truncated")
         data.samples.append(sample)
     return data
+
+
+def _progress(items: list, show: bool):
+    if not show or len(items) < 1000:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc="tokenize", unit="sample")

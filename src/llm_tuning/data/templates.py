@@ -1,22 +1,159 @@
 """Prompt templates: how a conversation becomes token ids, the same for training and for generation.
 
-A template gives the ids of the prompt (everything before the assistant's answer) and of the answer,
-which always ends in the tokenizer's EOS *id*: a literal "</s>" in text may be split into ordinary
-pieces by some tokenizers, and a model that never sees the real EOS never learns to stop.
-Prompt and answer are tokenised separately, without the tokenizer's automatic special tokens.
+A template cuts a conversation into segments, each trained or masked: system and user turns (with the
+headers around them) are masked, every assistant turn is trained, and it always ends in a stop token *by id*
+(the tokenizer's EOS, or the family's end-of-turn token): a literal "</s>" in text may be split into ordinary
+pieces by some tokenizers, and a model that never sees the real EOS never learns to stop. Special tokens of a
+family's format ([gMASK], <|im_start|>, <|eot_id|> ...) are looked up by id too, never left to the text.
+Text parts are tokenised separately, without the tokenizer's automatic special tokens.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..errors import UserError
 
-TEMPLATES = ("plain", "native")
+Segment = tuple[list[int], bool]  # token ids, trained?
 
 
-def resolve_template_name(name: str, tokenizer) -> str:
-    """`auto` becomes `native` when the tokenizer carries a chat template, else `plain`."""
+@dataclass(frozen=True)
+class Token:
+    """A special token of the format, put in by its id."""
+
+    text: str
+
+
+EOS = Token("")  # the tokenizer's own EOS id
+
+
+@dataclass(frozen=True)
+class FormatTemplate:
+    """A family's chat format as parts: strings (with `{content}`) are tokenised, Tokens go in by id. The
+    user format ends with the assistant's header, so a prompt is ready for the answer; `assistant` ends with the
+    stop token and is trained; `after_assistant` (a newline between turns) is masked."""
+
+    name: str
+    user: tuple
+    assistant: tuple
+    system: tuple = ()
+    prefix: tuple = ()  # once, at the start of the conversation
+    after_assistant: tuple = ()
+    system_in_first_user: tuple = ()  # Llama 2 puts the system prompt inside the first [INST]
+    jinja: str | None = None  # the same format as a Jinja chat template, written into merged models
+
+    def segments(self, tokenizer, messages: list[dict], system: str | None = None) -> list[Segment]:
+        """The whole conversation, each part marked trained (assistant turns) or masked."""
+        segments: list[Segment] = [(self._ids(tokenizer, self.prefix, ""), False)]
+        if system and not self.system_in_first_user:
+            segments.append((self._ids(tokenizer, self.system, system), False))
+        first_user = True
+        for message in messages:
+            role, content = message["role"], message["content"]
+            if role == "user":
+                parts = self.system_in_first_user if (first_user and system and self.system_in_first_user) else self.user
+                text = content if parts is self.user else (system, content)
+                segments.append((self._ids(tokenizer, parts, text), False))
+                first_user = False
+            elif role == "assistant":
+                segments.append((self._ids(tokenizer, self.assistant, content), True))
+                if self.after_assistant:
+                    segments.append((self._ids(tokenizer, self.after_assistant, ""), False))
+            else:
+                raise UserError(f"template {self.name}: unsupported role '{role}' (user and assistant turns only; use data.system)")
+        return [(ids, trained) for ids, trained in segments if ids]
+
+    def prompt_ids(self, tokenizer, messages: list[dict], system: str | None = None) -> list[int]:
+        """Ids of a conversation that ends with a user turn, ready for the assistant's answer."""
+        return [i for ids, _ in self.segments(tokenizer, messages, system) for i in ids]
+
+    def stop_ids(self, tokenizer) -> list[int]:
+        """Where generation stops: the EOS, and the end-of-turn token the assistant's turn ends with."""
+        last = self.assistant[-1]
+        ids = [_eos_id(tokenizer)]
+        if isinstance(last, Token) and last is not EOS:
+            ids.append(_special_id(tokenizer, last.text, self.name))
+        return sorted(set(ids))
+
+    def _ids(self, tokenizer, parts: tuple, content) -> list[int]:
+        system, content = content if isinstance(content, tuple) else (None, content)
+        ids: list[int] = []
+        for part in parts:
+            if part is EOS:
+                ids.append(_eos_id(tokenizer))
+            elif isinstance(part, Token):
+                ids.append(_special_id(tokenizer, part.text, self.name))
+            else:
+                text = part.replace("{system}", system or "").replace("{content}", content)
+                ids += _text_ids(tokenizer, text) if text else []
+        return ids
+
+
+PLAIN = FormatTemplate(
+    name="plain",  # the tutorials' format
+    system=("{content}\n\n",),
+    user=("Human: {content}\n\nAssistant: ",),
+    assistant=("{content}", EOS),
+    jinja=(
+        "{% for message in messages %}"
+        "{% if message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}"
+        "{% elif message['role'] == 'user' %}{{ 'Human: ' + message['content'] + '\\n\\nAssistant: ' }}"
+        "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}{% endif %}"
+        "{% endfor %}"
+    ),
+)
+LLAMA2 = FormatTemplate(
+    name="llama2",  # <s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {answer} </s>
+    user=(Token("<s>"), "[INST] {content} [/INST]"),
+    system_in_first_user=(Token("<s>"), "[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{content} [/INST]"),
+    assistant=(" {content} ", EOS),
+)
+LLAMA3 = FormatTemplate(
+    name="llama3",
+    prefix=(Token("<|begin_of_text|>"),),
+    system=(Token("<|start_header_id|>"), "system", Token("<|end_header_id|>"), "\n\n{content}", Token("<|eot_id|>")),
+    user=(Token("<|start_header_id|>"), "user", Token("<|end_header_id|>"), "\n\n{content}", Token("<|eot_id|>"),
+          Token("<|start_header_id|>"), "assistant", Token("<|end_header_id|>"), "\n\n"),
+    assistant=("{content}", Token("<|eot_id|>")),
+)
+CHATGLM3 = FormatTemplate(
+    name="chatglm3",  # [gMASK]sop<|user|> \n {query}<|assistant|> \n {response}</s>
+    prefix=(Token("[gMASK]"), Token("sop")),
+    system=(Token("<|system|>"), "\n", "{content}"),
+    user=(Token("<|user|>"), "\n", "{content}", Token("<|assistant|>")),
+    assistant=("\n", "{content}", EOS),
+)
+CHATML = FormatTemplate(
+    name="chatml",  # Qwen
+    system=(Token("<|im_start|>"), "system\n{content}", Token("<|im_end|>"), "\n"),
+    user=(Token("<|im_start|>"), "user\n{content}", Token("<|im_end|>"), "\n", Token("<|im_start|>"), "assistant\n"),
+    assistant=("{content}", Token("<|im_end|>")),
+    after_assistant=("\n",),
+)
+FORMATS = {t.name: t for t in (PLAIN, LLAMA2, LLAMA3, CHATGLM3, CHATML)}
+TEMPLATES = ("plain", "native", "llama2", "llama3", "chatglm3", "chatml")
+
+
+def family_template(tokenizer, model_type: str | None) -> str | None:
+    """The format of the model's family, for a tokenizer without its own chat template."""
+    vocab = tokenizer.get_vocab()
+    if model_type == "chatglm" or "[gMASK]" in vocab:
+        return "chatglm3"
+    if "<|eot_id|>" in vocab and "<|start_header_id|>" in vocab:
+        return "llama3"
+    if "<|im_start|>" in vocab and model_type in ("qwen", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe"):
+        return "chatml"
+    if model_type == "llama" and tokenizer.eos_token == "</s>":
+        return "llama2"
+    return None
+
+
+def resolve_template_name(name: str, tokenizer, model_type: str | None = None) -> str:
+    """`auto`: the tokenizer's own chat template when it has one, else the family's format, else `plain`."""
     if name == "auto":
-        return "native" if getattr(tokenizer, "chat_template", None) else "plain"
+        if getattr(tokenizer, "chat_template", None):
+            return "native"
+        return family_template(tokenizer, model_type) or "plain"
     if name == "native" and not getattr(tokenizer, "chat_template", None):
         raise UserError("data.template is 'native' but the tokenizer has no chat template; use 'plain' or 'auto'")
     if name not in TEMPLATES:
@@ -24,12 +161,12 @@ def resolve_template_name(name: str, tokenizer) -> str:
     return name
 
 
-def get_template(name: str, tokenizer):
-    name = resolve_template_name(name, tokenizer)
-    return PlainTemplate() if name == "plain" else NativeTemplate()
+def get_template(name: str, tokenizer, model_type: str | None = None):
+    name = resolve_template_name(name, tokenizer, model_type)
+    return NativeTemplate() if name == "native" else FORMATS[name]
 
 
-def _ids(tokenizer, text: str) -> list[int]:
+def _text_ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -39,52 +176,71 @@ def _eos_id(tokenizer) -> int:
     return tokenizer.eos_token_id
 
 
-class PlainTemplate:
-    """The seed tutorials' format: `Human: {user}\\n\\nAssistant: {answer}<eos>`."""
-
-    name = "plain"
-    # The same format as a Jinja chat template, written into merged models so they are served as trained.
-    jinja = (
-        "{% for message in messages %}"
-        "{% if message['role'] == 'user' %}{{ 'Human: ' + message['content'] + '\\n\\nAssistant: ' }}"
-        "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}{% endif %}"
-        "{% endfor %}"
-    )
-
-    def prompt_ids(self, tokenizer, messages: list[dict]) -> list[int]:
-        """Ids of a conversation that ends with a user turn, ready for the assistant's answer."""
-        ids: list[int] = []
-        for message in messages:
-            if message["role"] == "user":
-                ids += _ids(tokenizer, f"Human: {message['content']}\n\nAssistant: ")
-            elif message["role"] == "assistant":
-                ids += _ids(tokenizer, message["content"]) + [_eos_id(tokenizer)]
-        return ids
-
-    def response_ids(self, tokenizer, messages: list[dict], response: str) -> list[int]:
-        return _ids(tokenizer, response) + [_eos_id(tokenizer)]
+def _special_id(tokenizer, token: str, template: str) -> int:
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        raise UserError(f"template {template} needs the special token {token!r}, which this tokenizer lacks; pick another data.template")
+    return token_id
 
 
 class NativeTemplate:
-    """The tokenizer's own chat template; the answer is what the template adds for the assistant turn,
-    cut right after its EOS (the template's trailing newline is not trained), or given one if it has none."""
+    """The tokenizer's own chat template. Each assistant turn is what the template adds for it, cut right after
+    the EOS (the template's trailing newline is masked), or given one if it has none; the rest is masked."""
 
     name = "native"
+    jinja = None
 
-    def prompt_ids(self, tokenizer, messages: list[dict]) -> list[int]:
-        return _ids(tokenizer, self._prompt_text(tokenizer, messages))
-
-    def response_ids(self, tokenizer, messages: list[dict], response: str) -> list[int]:
-        prompt_text = self._prompt_text(tokenizer, messages)
-        full_text = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
-        if not full_text.startswith(prompt_text):
-            raise UserError("the tokenizer's chat template does not extend the prompt with the answer; use data.template: plain")
-        ids = _ids(tokenizer, full_text[len(prompt_text):])
+    def segments(self, tokenizer, messages: list[dict], system: str | None = None) -> list[Segment]:
+        messages = ([{"role": "system", "content": system}] if system else []) + messages
+        segments: list[Segment] = []
+        done = ""  # the text of the conversation covered so far
         eos = _eos_id(tokenizer)
-        if eos in ids:
-            return ids[: len(ids) - ids[::-1].index(eos)]
-        return ids + [eos]
+        for index, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            prompt_text = self._render(tokenizer, messages[:index], generation_prompt=True)
+            full_text = self._render(tokenizer, messages[: index + 1], generation_prompt=False)
+            if not (prompt_text.startswith(done) and full_text.startswith(prompt_text)):
+                return self._segments_by_search(tokenizer, messages)  # the template rewrites earlier turns
+            segments.append((_text_ids(tokenizer, prompt_text[len(done):]), False))
+            answer = _text_ids(tokenizer, full_text[len(prompt_text):])
+            if eos in answer:
+                cut = len(answer) - answer[::-1].index(eos)
+                segments += [(answer[:cut], True), (answer[cut:], False)]
+            else:
+                segments.append((answer + [eos], True))
+            done = full_text
+        return [(ids, trained) for ids, trained in segments if ids]
+
+    def _segments_by_search(self, tokenizer, messages: list[dict]) -> list[Segment]:
+        """For templates that rewrite earlier turns (Qwen3 drops their reasoning): render the whole conversation
+        once and train each answer where it appears, up to and including the EOS that follows it."""
+        text = self._render(tokenizer, messages, generation_prompt=False)
+        eos_text, eos = tokenizer.eos_token, _eos_id(tokenizer)
+        segments: list[Segment] = []
+        cursor = 0
+        for message in messages:
+            if message["role"] != "assistant":
+                continue
+            start = text.find(message["content"], cursor)
+            if start < 0:
+                raise UserError("the tokenizer's chat template does not render the answers as given; use another data.template")
+            end = text.find(eos_text, start + len(message["content"]))
+            answer = _text_ids(tokenizer, text[start:end + len(eos_text)] if end >= 0 else text[start:start + len(message["content"])])
+            segments += [(_text_ids(tokenizer, text[cursor:start]), False), (answer if end >= 0 else answer + [eos], True)]
+            cursor = end + len(eos_text) if end >= 0 else start + len(message["content"])
+        segments.append((_text_ids(tokenizer, text[cursor:]), False))
+        return [(ids, trained) for ids, trained in segments if ids]
+
+    def prompt_ids(self, tokenizer, messages: list[dict], system: str | None = None) -> list[int]:
+        messages = ([{"role": "system", "content": system}] if system else []) + messages
+        return _text_ids(tokenizer, self._render(tokenizer, messages, generation_prompt=True))
+
+    def stop_ids(self, tokenizer) -> list[int]:
+        return [_eos_id(tokenizer)]
 
     @staticmethod
-    def _prompt_text(tokenizer, messages: list[dict]) -> str:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    def _render(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
+        if not messages:
+            return ""
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
