@@ -91,3 +91,17 @@ def test_padding_is_never_trained_even_when_pad_is_eos(tokenizer):
     assert torch.all(batch["labels"][0, n:] == IGNORE_INDEX)  # ... never labelled
     assert batch["labels"][0, n - 1] == tokenizer.eos_token_id  # while the real EOS stays trained
     assert batch["attention_mask"][0].tolist() == [1] * n + [0] * (batch["input_ids"].shape[1] - n)
+
+
+def test_tokenisation_is_cached_under_a_key_of_everything_that_changes_it(tokenizer, tmp_path):
+    examples = [record(), record(output="Four.")]
+    first = encode_examples(examples, PLAIN, tokenizer, 512, cache=tmp_path)
+    cached = list(tmp_path.glob("*.arrow"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    again = encode_examples(examples, PLAIN, tokenizer, 512, cache=tmp_path)
+    assert again.samples == first.samples == encode_examples(examples, PLAIN, tokenizer, 512).samples
+    assert cached[0].stat().st_mtime_ns == stamp  # read back, not written again
+    encode_examples(examples, PLAIN, tokenizer, 8, cache=tmp_path)  # another max length: another key
+    encode_examples(examples, PLAIN, tokenizer, 512, system="Be brief.", cache=tmp_path)
+    assert len(list(tmp_path.glob("*.arrow"))) == 3

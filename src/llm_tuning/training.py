@@ -23,6 +23,7 @@ from .methods import get_method
 from .models import ensure_pad_token, load_model, load_tokenizer, model_type, resolve_model_path
 from .params import count_parameters, trainable_line
 from .precision import adam_epsilon, check_precision, set_trainable_dtype
+from .provision import cache_dir
 from .quantization import check_quantization, prepare_for_training
 from .weights import is_peft_model, save_trained
 
@@ -44,6 +45,8 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     resolved_path = resolve_model_path(config.model.path)
     tokenizer, template, data = prepare_data(config, resolved_path, train_read.examples, adjustments)
     val_data = encode_examples(val_read.examples, template, tokenizer, config.data.max_length, config.data.system) if val_read else None
+    if val_data is not None and not val_data.samples:
+        raise UserError(f"no validation samples left: every validation prompt fills data.max_length={config.data.max_length}")
     predicted = estimate(config, device="cuda" if _has_gpu() else "cpu")
     if config.train.check_memory:
         check_fits(config, predicted)
@@ -117,8 +120,6 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
 def preflight(config: Config, method, output_dir: Path) -> Path | None:
     """Every check that needs no model: fails in a second instead of after loading. Returns the checkpoint to
     resume from, if any."""
-    if not config.data.path:
-        raise UserError("config key 'data.path' is required for training: a data file, a list of them, a save_to_disk folder or a hub id")
     if config.train.eval_steps and not (config.data.val_ratio or config.data.val_path):
         raise UserError("train.eval_steps needs validation data: set data.val_ratio (e.g. 0.1) or data.val_path")
     check_precision(config, has_gpu=_has_gpu())
@@ -137,6 +138,8 @@ def read_data(config: Config) -> tuple[ReadResult, ReadResult | None]:
     import random
 
     d = config.data
+    if not d.path:
+        raise UserError("config key 'data.path' is required: a data file, a list of them, a save_to_disk folder or a hub id")
     train_read = read_examples(d.path, d.columns, d.skip_invalid)
     if d.val_path:
         return train_read, read_examples(d.val_path, d.columns, d.skip_invalid)
@@ -159,7 +162,7 @@ def prepare_data(config: Config, resolved_path: str, examples, adjustments: list
     tokenizer.padding_side = "right"  # training pads on the right: positions stay 0..n-1 for every sample
     template = get_template(config.data.template, tokenizer, model_type(resolved_path))
     config.data.template = template.name  # stored resolved, so generate/chat/merge format prompts the same way
-    data = encode_examples(examples, template, tokenizer, config.data.max_length, config.data.system, progress=True)
+    data = encode_examples(examples, template, tokenizer, config.data.max_length, config.data.system, cache=cache_dir() / "tokenized")
     if data.dropped:
         adjustments.append(
             f"dropped {len(data.dropped)} samples whose prompt alone fills data.max_length={config.data.max_length} (first: {data.dropped[0]})"

@@ -3,11 +3,15 @@ turn and its stop token trained."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .records import Example
 
 IGNORE_INDEX = -100  # the label value that PyTorch's cross-entropy skips
+ENCODING_VERSION = "1"  # bump when the encoding itself changes, so that cached encodings are not reused
 
 
 def encode_example(example: Example, template, tokenizer, max_length: int, system: str | None = None) -> dict:
@@ -37,22 +41,45 @@ class EncodedData:
         return sum(len(s["input_ids"]) for s in self.samples)
 
 
-def encode_examples(examples: list[Example], template, tokenizer, max_length: int, system: str | None = None, progress: bool = False) -> EncodedData:
+def encode_examples(examples: list[Example], template, tokenizer, max_length: int, system: str | None = None,
+                    cache: Path | None = None) -> EncodedData:
+    """Encode every example; with `cache` (a folder), through datasets.map with its progress bar, stored under a
+    key of everything that changes the result (examples, tokenizer, template, system prompt, max length), so
+    the same data is tokenised once."""
+    encoded = _encode_cached(examples, template, tokenizer, max_length, system, cache) if cache else \
+        [encode_example(e, template, tokenizer, max_length, system) for e in examples]
     data = EncodedData(samples=[])
-    for example in _progress(examples, progress):
-        sample = encode_example(example, template, tokenizer, max_length, system)
+    for example, sample in zip(examples, encoded):
         if all(label == IGNORE_INDEX for label in sample["labels"]):
             # Nothing left to learn from: training on it would only add a zero-weight row.
             data.dropped.append(example.where)
             continue
-        data.truncated += sample.pop("truncated")
-        data.samples.append(sample)
+        data.truncated += sample["truncated"]
+        data.samples.append({"input_ids": sample["input_ids"], "labels": sample["labels"]})
     return data
 
 
-def _progress(items: list, show: bool):
-    if not show or len(items) < 1000:
-        return items
-    from tqdm import tqdm
+def _encode_cached(examples: list[Example], template, tokenizer, max_length: int, system: str | None, cache: Path) -> list[dict]:
+    from datasets import Dataset
 
-    return tqdm(items, desc="tokenize", unit="sample")
+    key = encoding_key(examples, template, tokenizer, max_length, system)
+    path = cache / f"{key}.arrow"
+    if path.is_file():
+        return Dataset.from_file(str(path)).to_list()
+    cache.mkdir(parents=True, exist_ok=True)
+    rows = Dataset.from_list([{"messages": list(e.messages), "system": e.system or ""} for e in examples])
+
+    def encode(row):
+        example = Example(messages=tuple(row["messages"]), where="", system=row["system"] or None)
+        return encode_example(example, template, tokenizer, max_length, system)
+
+    mapped = rows.map(encode, remove_columns=rows.column_names, cache_file_name=str(path), new_fingerprint=key, desc="tokenize")
+    return mapped.to_list()
+
+
+def encoding_key(examples: list[Example], template, tokenizer, max_length: int, system: str | None) -> str:
+    vocabulary = tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    content = json.dumps([[e.messages, e.system] for e in examples], ensure_ascii=False)
+    parts = [ENCODING_VERSION, template.name, str(system), str(max_length), str(tokenizer.eos_token_id),
+             str(getattr(tokenizer, "chat_template", None)), vocabulary, content]
+    return hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()[:32]
