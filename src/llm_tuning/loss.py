@@ -63,15 +63,15 @@ def labelled_loss(hidden: torch.Tensor, head: nn.Linear, labels: torch.Tensor, n
     """Causal LM loss from the decoder's last hidden states: position t predicts labels[t + 1]."""
     targets = labels[:, 1:]
     keep = targets != IGNORE_INDEX
-    selected = hidden[:, :-1][keep]
+    selected, selected_targets = hidden[:, :-1][keep], targets[keep]
     count = int(keep.sum()) if num_items_in_batch is None else int(num_items_in_batch)
     if selected.shape[0] == 0:
         return hidden.sum() * 0.0  # keeps the graph connected: a batch with no labels trains nothing
     if not torch.is_grad_enabled():  # evaluation: the loss alone, a chunk at a time
-        total = sum(nn.functional.cross_entropy(head(selected[i:i + chunk_size]).float(), targets[keep][i:i + chunk_size], reduction="sum")
+        total = sum(nn.functional.cross_entropy(head(selected[i:i + chunk_size]).float(), selected_targets[i:i + chunk_size], reduction="sum")
                     for i in range(0, selected.shape[0], chunk_size))
         return total / max(count, 1)
-    return LabelledCrossEntropy.apply(selected, head.weight, head.bias, targets[keep], 1.0 / max(count, 1), chunk_size)
+    return LabelledCrossEntropy.apply(selected, head.weight, head.bias, selected_targets, 1.0 / max(count, 1), chunk_size)
 
 
 def chunked_loss_unsupported_reason(model) -> str | None:
