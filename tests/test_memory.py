@@ -7,7 +7,7 @@ from conftest import LLAMA_7B, F, H, L, V
 
 from llm_tuning.cli import main, parse_size
 from llm_tuning.errors import UserError
-from llm_tuning.memory import FOUR_BIT_BYTES, estimate
+from llm_tuning.memory import CPU_ALLOCATOR_FACTOR, FOUR_BIT_BYTES, estimate
 
 
 def components(folder, *overrides, device="cpu"):
@@ -44,10 +44,17 @@ def test_chunked_loss_holds_logits_for_one_chunk(shapes):
     def logits(*overrides):
         return components(shapes["llama2-7b"], "train.loss_chunk_size=256", *overrides)["components"]["logits"]
 
-    assert logits("train.batch_size=8", "data.max_length=1024") == logits("train.batch_size=1", "data.max_length=512") == 2 * 256 * V * 4
-    assert logits("train.batch_size=1", "data.max_length=128") == 2 * 128 * V * 4  # fewer positions than a chunk
+    assert logits("train.batch_size=8", "data.max_length=1024") == logits("train.batch_size=1", "data.max_length=512") == 256 * V * 4
+    assert logits("train.batch_size=1", "data.max_length=128") == 128 * V * 4  # fewer positions than a chunk
     # prompt tuning runs through peft's forward, which computes the full logits
     assert logits("method.name=prompt", "train.batch_size=1", "data.max_length=512") == pytest.approx(3.5 * (512 + 20) * V * 4)
+
+
+def test_lean_activations_drop_one_intermediate_per_layer_and_token(shapes):
+    def activations(lean):
+        return components(shapes["llama2-7b"], "data.max_length=512", "train.batch_size=1", f"train.lean_activations={lean}")["components"]["activations"]
+
+    assert activations("false") - activations("true") == pytest.approx(L * 512 * F * 4 * CPU_ALLOCATOR_FACTOR, rel=1e-6)
 
 
 def test_checkpointing_keeps_one_hidden_state_per_layer(shapes):

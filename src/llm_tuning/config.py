@@ -115,10 +115,14 @@ class TrainConfig:
     optimizer: str = option("adamw", "`adamw` (PyTorch), `adamw_8bit` (bitsandbytes, needs that package) or `adafactor`.", choices=("adamw", "adamw_8bit", "adafactor"))
     adam_epsilon: float = option(1.0e-8, "AdamW epsilon; raised to 1e-4 automatically when trained parameters are float16.", min=0.0)
     loss_chunk_size: int = option(
-        1024,
+        512,
         "Compute the LM head and the loss only at labelled positions, this many at a time, never holding full-vocabulary "
         "logits for the batch; 0 = transformers' own loss over full logits.",
         min=0,
+    )
+    lean_activations: bool = option(
+        True, "Keep fewer tensors for backward with the same results: gated MLPs keep gate and up only (the activation is "
+        "recomputed), LoRA dropout keeps a 1-byte mask and the shared input.",
     )
     gradient_checkpointing: bool = option(False, "Recompute each layer's activations in the backward pass instead of keeping them: less memory, about a third more compute.")
     checkpointing_reentrant: bool = option(False, "Use torch's reentrant checkpointing (input gradients are enabled automatically); the default non-reentrant kind is the one that works with every method.")

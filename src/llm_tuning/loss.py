@@ -13,6 +13,7 @@ from torch import nn
 from transformers import Trainer
 
 from .data.encode import IGNORE_INDEX
+from .data.packing import segment_lengths
 
 
 class LabelledCrossEntropy(torch.autograd.Function):
@@ -26,14 +27,25 @@ class LabelledCrossEntropy(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if weight.requires_grad else None
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and bias.requires_grad else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        # one chunk x vocabulary buffer, reused: the logits, then in place their log-softmax, then the gradient.
+        # A fresh allocation per chunk costs page faults (a large block comes from mmap) and a second copy at peak
+        buffer = torch.empty((min(chunk_size, hidden.shape[0]), weight.shape[0]), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_size):
             h = hidden[start:start + chunk_size]
             y = targets[start:start + chunk_size]
-            logits = nn.functional.linear(h.to(weight.dtype), weight, bias).float()
-            # d(loss)/d(logits) = softmax - one_hot(target): built in place from log_softmax (one fused kernel), the
-            # scale applied to the small products below rather than to chunk x vocabulary values
-            grad_logits = torch.log_softmax(logits, dim=-1)
-            del logits
+            grad_logits = buffer[:len(y)]
+            if h.dtype == weight.dtype == torch.float32:
+                torch.mm(h, weight.t(), out=grad_logits)
+                if bias is not None:
+                    grad_logits += bias
+            else:
+                grad_logits.copy_(nn.functional.linear(h.to(weight.dtype), weight, bias))
+            # d(loss)/d(logits) = softmax - one_hot(target), from the log-softmax; the scale goes on the small
+            # products below, not on chunk x vocabulary values
+            if grad_logits.device.type == "cpu":  # in place: the CPU kernel reads a row before writing it
+                torch._log_softmax(grad_logits, -1, False, out=grad_logits)
+            else:
+                grad_logits.copy_(torch.log_softmax(grad_logits, dim=-1))
             picked = grad_logits.gather(1, y[:, None]).squeeze(-1)
             total -= picked.sum()
             grad_logits.exp_()
@@ -92,18 +104,22 @@ def chunked_loss_unsupported_reason(model) -> str | None:
 
 class LeanTrainer(Trainer):
     """transformers' Trainer with two changes to the forward pass: packed batches go in without their
-    attention mask (so restarting position ids make attention block-diagonal), and, when `loss_chunk_size` is
-    set, the loss comes from the decoder's hidden states through LabelledCrossEntropy instead of full logits."""
+    attention mask (so restarting position ids make attention block-diagonal) and with their samples' lengths
+    (`packed_segments`, for packing.packed_sdpa), and, when `loss_chunk_size` is set, the loss comes from the
+    decoder's hidden states through LabelledCrossEntropy instead of full logits."""
 
-    def __init__(self, *args, loss_chunk_size: int = 0, **kwargs):
+    def __init__(self, *args, loss_chunk_size: int = 0, packed_attention: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_chunk_size = loss_chunk_size
+        self.packed_attention = packed_attention
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "position_ids" in inputs:
             # packed rows: the mask is there only for Trainer's token count, and a mask or a cache would each
             # switch off the block-diagonal attention that restarting positions give
             inputs = {**{k: v for k, v in inputs.items() if k != "attention_mask"}, "use_cache": False}
+            if self.packed_attention:
+                inputs["packed_segments"] = segment_lengths(inputs["position_ids"])
         if not self.loss_chunk_size:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -26,7 +26,7 @@ CPU_BASELINE_BYTES = 480 * 2**20  # measured: python + torch + transformers + pe
 CUDA_CONTEXT_BYTES = 500 * 2**20  # typical CUDA context + cuBLAS workspace, as nvidia-smi counts it
 CUDA_ALLOCATOR_SLACK = 1.10  # reserved over allocated in PyTorch's caching allocator
 LOGITS_COPIES = 3.5  # measured: logits, their log-softmax for the loss, the gradients of both, transients
-CHUNKED_LOGITS_COPIES = 2  # one chunk's fp32 logits (turned into their gradient in place) and logsumexp's temporary
+CHUNKED_LOGITS_COPIES = 1  # one chunk's fp32 logits, turned into their gradient in place (loss.py)
 # measured on a CPU: glibc keeps freed blocks of the forward pass's temporaries, so the process holds about
 # 1.8 x what autograd saves (SmolLM2, LoRA: 6,265 saved floats per token and layer; RSS grows accordingly)
 CPU_ALLOCATOR_FACTOR = 1.8
@@ -142,14 +142,18 @@ def optimizer_bytes(trained, optimizer: str) -> int:
 def activation_bytes(shape, config: Config, tokens: int, model) -> int:
     """Tensors autograd saves for the backward pass (measured with saved_tensors_hooks on SmolLM2, linear in
     tokens). Per token and layer the frozen path keeps about 3 x intermediate + 2 x hidden values (norm inputs,
-    attention's q/k/v/output, the MLP's branches); each trained projection adds what its weight gradient needs
-    (`trained_projection_inputs`). Attention that materialises its probabilities adds 2 x heads x sequence.
+    attention's q/k/v/output, the MLP's branches; 2 x intermediate once lean activations rewrite a gated MLP);
+    each trained projection adds what its weight gradient needs (`trained_projection_inputs`). Attention that materialises its probabilities adds 2 x heads x sequence.
     Only the layers from the first one that trains onwards save anything. With checkpointing: one hidden state
     per layer, plus one layer recomputed."""
+    from .activations import is_gated_mlp
+
     hidden = shape.hidden_size
     intermediate = getattr(shape, "intermediate_size", None) or 4 * hidden
     bytes_per = 2 if config.train.precision in ("bf16", "fp16") else 4
-    frozen_path = 3 * intermediate + 2 * hidden
+    # a gated MLP keeps gate, act(gate) and up; with train.lean_activations gate and up only (activations.py)
+    lean_mlp = config.train.lean_activations and any(is_gated_mlp(m) for m in model.modules())
+    frozen_path = (2 if lean_mlp else 3) * intermediate + 2 * hidden
     if _eager_attention(shape):
         frozen_path += 2 * shape.num_attention_heads * config.data.max_length  # scores and probabilities
     layers = layers_with_gradients(model, shape.num_hidden_layers)

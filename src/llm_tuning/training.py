@@ -11,10 +11,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
+from .activations import keep_fewer_activations
 from .callbacks import DivergenceGuard, JsonlLog, ProgressBar, StopOnInterrupt, interrupt_requests
 from .config import RUN_CONFIG_FILE, Config, load_config, save_run_config
 from .data.encode import IGNORE_INDEX, encode_examples
-from .data.packing import PackedCollator, pack_rows, packing_unsupported_reason
+from .data.packing import PackedCollator, pack_rows, packing_unsupported_reason, use_packed_attention
 from .data.records import ReadResult, read_examples
 from .data.templates import get_template
 from .errors import UserError
@@ -51,6 +52,7 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     if config.train.check_memory:
         check_fits(config, predicted)
     model, epsilon = prepare_model(config, method, resolved_path, tokenizer, adjustments)
+    lean = keep_fewer_activations(model) if config.train.lean_activations else []
     trainable, total = count_parameters(model)
     if trainable == 0:
         raise UserError(f"method {config.method.name} leaves nothing to train on this model")
@@ -98,6 +100,7 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         "train_tokens": int(state.num_input_tokens_seen),
         "tokens_per_s": state.num_input_tokens_seen / runtime if runtime else 0.0,
         "adjustments": adjustments,
+        "lean_activations": lean,
         "estimated_peak_memory_bytes": predicted["total_bytes"],
         "estimated_memory_components": predicted["components"],
         **peak_memory(),
@@ -309,7 +312,7 @@ def build_trainer(config: Config, model, tokenizer, samples: list[dict], adjustm
         rows, collator = samples, DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
         val_rows = val_samples
     trainer = LeanTrainer(model=model, args=args, train_dataset=rows, eval_dataset=val_rows, data_collator=collator,
-                          loss_chunk_size=0 if loss_blocked else t.loss_chunk_size)
+                          loss_chunk_size=0 if loss_blocked else t.loss_chunk_size, packed_attention=packed and use_packed_attention(model))
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(ProgressBar())
     trainer.add_callback(JsonlLog(Path(t.output_dir, LOG_FILE)))

@@ -1,9 +1,11 @@
 """Packing: several samples share one row of at most max_length tokens, so no compute goes to padding.
 
-Each sample keeps its own positions (they restart at 0) and transformers turns restarting position ids into a
-block-diagonal causal mask when no attention mask is given (masking_utils.find_packed_sequence_indices), so a
-sample never attends to the one before it. The first token of every sample is unlabelled, so no sample is
-trained to follow another's EOS: the per-sample loss equals the unpacked one (tests/data/test_packing.py).
+Each sample keeps its own positions (they restart at 0), so a sample never attends to the one before it: the
+trainer passes each row's sample lengths and `packed_sdpa` runs causal attention once per sample, so that no
+compute goes to the pairs a block-diagonal mask would throw away. (Models on another attention implementation
+get that mask from transformers, which builds it from restarting position ids when no attention mask is given:
+masking_utils.find_packed_sequence_indices.) The first token of every sample is unlabelled, so no sample is
+trained to follow another's EOS: the per-sample loss equals the unpacked one (tests/test_packing.py).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import bisect
 import inspect
 
 from .encode import IGNORE_INDEX
+
+PACKED_ATTENTION = "llm_tuning_packed_sdpa"
 
 # peft methods that prepend virtual tokens or past keys to every row: one row must be one sample for them
 ROW_PER_SAMPLE_PEFT_TYPES = {"PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING"}
@@ -80,3 +84,46 @@ class PackedCollator:
             batch["position_ids"].append(row["position_ids"] + list(range(pad)))
             batch["attention_mask"].append([1] * len(row["input_ids"]) + [0] * pad)
         return {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
+
+
+def segment_lengths(position_ids) -> list[list[int]]:
+    """Per row, the lengths of its samples and of the padding after them: each starts where positions restart at 0."""
+    lengths = []
+    for row in position_ids.tolist():
+        starts = [i for i, position in enumerate(row) if position == 0] + [len(row)]
+        lengths.append([end - start for start, end in zip(starts, starts[1:])])
+    return lengths
+
+
+def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, packed_segments=None, **kwargs):
+    """transformers' sdpa attention, except on packed rows (`packed_segments` given): there, causal attention
+    within each sample, one call per sample. A block-diagonal mask would give the same result but leaves the
+    kernel computing every pair in the row; per sample, it computes only each sample's own triangle."""
+    from torch import cat
+    from torch.nn.functional import scaled_dot_product_attention
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if packed_segments is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    gqa = query.shape[1] != key.shape[1]
+    rows = []
+    # 4-d slices (1 x heads x sample x dim): with 3-d ones torch falls back from its CPU flash kernel to the math one
+    for q, k, v, lengths in zip(query.split(1), key.split(1), value.split(1), packed_segments):
+        rows.append(cat([scaled_dot_product_attention(qs, ks, vs, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa)
+                         for qs, ks, vs in zip(q.split(lengths, 2), k.split(lengths, 2), v.split(lengths, 2))], dim=2))
+    return cat(rows).transpose(1, 2).contiguous(), None  # batch x row x heads x dim, as sdpa_attention_forward returns
+
+
+def use_packed_attention(model) -> bool:
+    """Switch a model on transformers' sdpa attention to packed_sdpa (the same, plus per-sample attention on
+    packed rows); True if it was switched."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if base.config._attn_implementation != "sdpa" or not base._can_set_attn_implementation():
+        return False
+    AttentionInterface.register(PACKED_ATTENTION, packed_sdpa)
+    AttentionMaskInterface.register(PACKED_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])  # unpacked batches: padding masks as before
+    base.set_attn_implementation(PACKED_ATTENTION)
+    return True
