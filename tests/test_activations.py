@@ -69,3 +69,19 @@ def test_leaves_alone_what_it_cannot_rewrite_exactly(tiny_llama):
     assert keep_fewer_activations(no_dropout) == ["2 gated MLPs keep gate and up only"]
     dora = lora_model(tiny_llama, use_dora=True)
     assert keep_fewer_activations(dora) == ["2 gated MLPs keep gate and up only"]  # DoRA's dropout path is its own
+
+
+def test_mixed_precision_gradients_keep_the_parameters_dtype(tiny_llama):
+    """Under autocast the forward runs in bf16; the rewritten backward meets that dtype and hands fp32 weights
+    fp32 gradients, close to the plain path's."""
+    plain, lean = lora_model(tiny_llama), lora_model(tiny_llama)
+    keep_fewer_activations(lean)
+    results = []
+    for model in (plain, lean):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            results.append(step(model))
+    (loss_plain, grads_plain, _), (loss_lean, grads_lean, _) = results
+    assert torch.equal(loss_lean, loss_plain)
+    for name, grad in grads_plain.items():
+        assert grads_lean[name].dtype == torch.float32
+        torch.testing.assert_close(grads_lean[name], grad, atol=1e-3, rtol=2e-2, msg=name)

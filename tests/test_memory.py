@@ -68,7 +68,7 @@ def test_each_trained_projection_adds_its_own_input(shapes):
     def activations(*overrides):
         return components(shapes["llama2-7b"], "train.batch_size=1", "data.max_length=512", *overrides)["components"]["activations"]
 
-    per_value = 512 * L * 4 * 1.8  # tokens x layers x fp32 x the CPU allocator factor
+    per_value = 512 * L * 4 * CPU_ALLOCATOR_FACTOR  # tokens x layers x fp32 x the CPU allocator factor
     q_v = activations("method.target_modules=[q_proj, v_proj]")
     assert activations("method.target_modules=[q_proj]") == q_v  # q, k and v share one input
     assert activations("method.target_modules=[k_proj, o_proj]") == q_v  # attention keeps its output anyway
@@ -81,7 +81,7 @@ def test_int8_matmul_keeps_its_inputs_through_checkpointing(shapes):
         return components(shapes["llama2-7b"], "data.max_length=512", "train.gradient_checkpointing=true", *overrides)["components"]["activations"]
 
     # bitsandbytes' CPU 8-bit matmul holds each linear layer's input outside autograd's saved tensors
-    held = 4 * 512 * L * 4 * 1.8 * (3 * H + F)
+    held = 4 * 512 * L * 4 * CPU_ALLOCATOR_FACTOR * (3 * H + F)
     assert activations("model.quantization=8bit") == pytest.approx(activations("model.quantization=4bit") + held, rel=1e-6)
 
 

@@ -71,10 +71,12 @@ class DropoutLinear(torch.autograd.Function):
     def backward(ctx, grad):
         x, kept, weight = ctx.saved_tensors
         noise = kept.to(x.dtype).div_(1 - ctx.p)  # the forward's values exactly: 0 or 1 / (1 - p)
-        grad_x = (grad @ weight) * noise if ctx.needs_input_grad[0] else None
+        # under autocast the forward ran in half precision: the casts meet grad's dtype (no-ops in plain fp32)
+        grad_x = (grad @ weight.to(grad.dtype)).to(x.dtype) * noise if ctx.needs_input_grad[0] else None
         grad_weight = None
         if ctx.needs_input_grad[1]:
-            grad_weight = grad.reshape(-1, grad.shape[-1]).t().mm((x * noise).reshape(-1, x.shape[-1]))
+            dropped = (x * noise).reshape(-1, x.shape[-1]).to(grad.dtype)
+            grad_weight = grad.reshape(-1, grad.shape[-1]).t().mm(dropped).to(weight.dtype)
         return grad_x, grad_weight, None
 
 

@@ -22,14 +22,16 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # an 8-bit absmax per 64 plus fp32 constants per 256 blocks.
 FOUR_BIT_BYTES = {False: 0.5 + 4 / 64, True: 0.5 + 1 / 64 + 4 / (64 * 256)}
 OPTIMIZER_BYTES_PER_PARAM = {"adamw": 8, "adamw_8bit": 2}  # two moments, fp32 or 8-bit; adafactor is per shape
-CPU_BASELINE_BYTES = 480 * 2**20  # measured: python + torch + transformers + peft + llm-tuning imported
+# measured (fitted with CPU_ALLOCATOR_FACTOR on benchmarks/memory_estimate.py's fitted runs): the process before
+# training, python + torch + transformers + peft + llm-tuning + a tokenizer, with large blocks on huge pages
+CPU_BASELINE_BYTES = 730 * 2**20
 CUDA_CONTEXT_BYTES = 500 * 2**20  # typical CUDA context + cuBLAS workspace, as nvidia-smi counts it
 CUDA_ALLOCATOR_SLACK = 1.10  # reserved over allocated in PyTorch's caching allocator
 LOGITS_COPIES = 3.5  # measured: logits, their log-softmax for the loss, the gradients of both, transients
 CHUNKED_LOGITS_COPIES = 1  # one chunk's fp32 logits, turned into their gradient in place (loss.py)
-# measured on a CPU: glibc keeps freed blocks of the forward pass's temporaries, so the process holds about
-# 1.8 x what autograd saves (SmolLM2, LoRA: 6,265 saved floats per token and layer; RSS grows accordingly)
-CPU_ALLOCATOR_FACTOR = 1.8
+# measured on a CPU: the allocator keeps freed blocks of the forward pass's temporaries, so the process holds about
+# 1.6 x what autograd saves (1.8 x before llm_tuning put torch's large blocks on transparent huge pages)
+CPU_ALLOCATOR_FACTOR = 1.6
 # attention output projections: their input (the attention output) is kept by attention's own backward
 OUTPUT_PROJECTIONS = {"o_proj", "out_proj", "dense", "c_proj", "wo"}
 
@@ -143,9 +145,9 @@ def activation_bytes(shape, config: Config, tokens: int, model) -> int:
     """Tensors autograd saves for the backward pass (measured with saved_tensors_hooks on SmolLM2, linear in
     tokens). Per token and layer the frozen path keeps about 3 x intermediate + 2 x hidden values (norm inputs,
     attention's q/k/v/output, the MLP's branches; 2 x intermediate once lean activations rewrite a gated MLP);
-    each trained projection adds what its weight gradient needs (`trained_projection_inputs`). Attention that materialises its probabilities adds 2 x heads x sequence.
-    Only the layers from the first one that trains onwards save anything. With checkpointing: one hidden state
-    per layer, plus one layer recomputed."""
+    each trained projection adds what its weight gradient needs (`trained_projection_inputs`). Attention that
+    materialises its probabilities adds 2 x heads x sequence. Only the layers from the first one that trains
+    onwards save anything. With checkpointing: one hidden state per layer, plus one layer recomputed."""
     from .activations import is_gated_mlp
 
     hidden = shape.hidden_size
