@@ -1,0 +1,74 @@
+"""Where one training step's time goes: the speed benchmark's llm-tuning run (defaults), profiled on its third
+step with torch's profiler, as matrix products (with their FLOPs), attention, dropout masks and the rest.
+
+    python benchmarks/profile_step.py [extra overrides ...]
+
+The profiler adds its own overhead to the many small ops, so the step is slower than unprofiled; the matrix
+products, few and large, are timed about right. Skips (exit 0) when ../shared/data is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from speed_vs_tutorial import COMMON, DATA, HELDOUT
+
+PROFILED_STEP = 3
+MATRIX_PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm")
+
+
+def profile_step(original):
+    """Wrap LeanTrainer.training_step so that step PROFILED_STEP runs under torch's profiler."""
+    import torch
+
+    calls = {"count": 0}
+
+    def training_step(self, *args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] != PROFILED_STEP:
+            return original(self, *args, **kwargs)
+        started = time.perf_counter()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_flops=True) as profiler:
+            loss = original(self, *args, **kwargs)
+        report(profiler.key_averages(), time.perf_counter() - started)
+        return loss
+
+    return training_step
+
+
+def report(events, wall: float) -> None:
+    def seconds(match) -> float:
+        return sum(e.self_cpu_time_total for e in events if match(e.key)) / 1e6
+
+    products = seconds(lambda key: key in MATRIX_PRODUCTS)
+    flops = sum(e.flops for e in events if e.key in MATRIX_PRODUCTS)
+    attention = seconds(lambda key: "scaled_dot_product" in key)
+    masks = seconds(lambda key: "bernoulli" in key)
+    total = seconds(lambda key: True)
+    print(f"profiled step {PROFILED_STEP}: {wall:.2f} s wall, {total:.2f} s in ops")
+    print(f"  matrix products   {products:6.2f} s  {flops / 1e9:6.0f} GFLOP  {flops / 1e9 / products:5.0f} GFLOP/s")
+    print(f"  attention         {attention:6.2f} s")
+    print(f"  dropout masks     {masks:6.2f} s")
+    print(f"  everything else   {total - products - attention - masks:6.2f} s")
+
+
+def main() -> None:
+    if not DATA.is_file():
+        print(f"skipped: {DATA} not found")
+        return
+    from llm_tuning import loss, training
+
+    work = Path(tempfile.mkdtemp(prefix="llm-tuning-profile-"))
+    train = work / "train.json"
+    train.write_text(json.dumps(json.loads(DATA.read_text(encoding="utf-8"))[:-HELDOUT], ensure_ascii=False), encoding="utf-8")
+    loss.LeanTrainer.training_step = profile_step(loss.LeanTrainer.training_step)
+    training.train({}, [*COMMON, f"data.path={train}", f"train.output_dir={work / 'run'}", "data.max_length=384",
+                        f"train.max_steps={PROFILED_STEP}", "train.batch_size=4", *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    main()
