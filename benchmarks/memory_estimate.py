@@ -78,9 +78,11 @@ def main() -> None:
     data = work / "long.jsonl"
     if not args.work:
         long_records(data)
-    models = {"tiny-llama": str(work / "tiny-llama") if args.work else str(save_tiny_model(work / "tiny-llama", "llama")),
-              "tiny-bloom": str(work / "tiny-bloom") if args.work else str(save_tiny_model(work / "tiny-bloom", "bloom")),
-              "smollm2-135m": "smollm2-135m"}
+    def tiny_model(architecture: str) -> str:  # built once, reused by --work
+        folder = work / f"tiny-{architecture}"
+        return str(folder if args.work else save_tiny_model(folder, architecture))
+
+    models = {"tiny-llama": tiny_model("llama"), "tiny-bloom": tiny_model("bloom"), "smollm2-135m": "smollm2-135m"}
     config = work / "base.yaml"
     config.write_text("{}\n")
     rows = []

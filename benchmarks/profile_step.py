@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from speed_vs_tutorial import COMMON, DATA, HELDOUT
+from speed_vs_tutorial import COMMON, DATA, split_records
 
 PROFILED_STEP = 3
 MATRIX_PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm")
@@ -63,8 +63,7 @@ def main() -> None:
     from llm_tuning import loss, training
 
     work = Path(tempfile.mkdtemp(prefix="llm-tuning-profile-"))
-    train = work / "train.json"
-    train.write_text(json.dumps(json.loads(DATA.read_text(encoding="utf-8"))[:-HELDOUT], ensure_ascii=False), encoding="utf-8")
+    train, _ = split_records(json.loads(DATA.read_text(encoding="utf-8")), work)
     loss.LeanTrainer.training_step = profile_step(loss.LeanTrainer.training_step)
     training.train({}, [*COMMON, f"data.path={train}", f"train.output_dir={work / 'run'}", "data.max_length=384",
                         f"train.max_steps={PROFILED_STEP}", "train.batch_size=4", *sys.argv[1:]])

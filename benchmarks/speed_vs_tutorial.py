@@ -48,6 +48,14 @@ LEVERS = {
 }
 
 
+def split_records(records: list[dict], work: Path) -> tuple[Path, Path]:
+    """The training records and the last HELDOUT records, each written to a JSON file in `work`."""
+    train, heldout = work / "train.json", work / "heldout.json"
+    train.write_text(json.dumps(records[:-HELDOUT], ensure_ascii=False), encoding="utf-8")
+    heldout.write_text(json.dumps(records[-HELDOUT:], ensure_ascii=False), encoding="utf-8")
+    return train, heldout
+
+
 def run_tutorial(model: str, data: Path, out: Path, max_length: int, steps: int, batch: int) -> dict:
     run([sys.executable, str(HERE / "tutorial_recipe.py"), model, str(data), str(out), f"--max-length={max_length}",
          f"--steps={steps}", f"--batch-size={batch}"], env=PLAIN_TORCH)
@@ -100,9 +108,7 @@ def main() -> None:
     model = resolve_model_path("smollm2-135m")  # converted once into the llm-tuning cache
     work = Path(tempfile.mkdtemp(prefix="llm-tuning-speed-"))
     records = json.loads(DATA.read_text(encoding="utf-8"))
-    train, heldout = work / "train.json", work / "heldout.json"
-    train.write_text(json.dumps(records[:-HELDOUT], ensure_ascii=False), encoding="utf-8")
-    heldout.write_text(json.dumps(records[-HELDOUT:], ensure_ascii=False), encoding="utf-8")
+    train, heldout = split_records(records, work)
 
     rows = []
     variants = list(LEVERS.items()) if args.levers else list(LEVERS.items())[:1]
