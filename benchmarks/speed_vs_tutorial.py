@@ -45,6 +45,7 @@ LEVERS = {
     "llm-tuning, defaults without huge pages": ([], PLAIN_TORCH),
     "llm-tuning, none of them": (NONE_OF_THEM, PLAIN_TORCH),
     "llm-tuning, defaults + gradient checkpointing": (["train.gradient_checkpointing=true"], {}),
+    "llm-tuning, defaults + oneDNN products (train.cpu_matmul=onednn)": (["train.cpu_matmul=onednn"], {}),
 }
 
 
@@ -96,6 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--levers", action="store_true", help="also each lever alone, and with gradient checkpointing")
+    parser.add_argument("--only", action="append", metavar="TEXT", help="only llm-tuning's runs whose label contains TEXT (repeatable)")
     parser.add_argument("--scaling", action="store_true", help="also max length 256 to 2048")
     parser.add_argument("--output", type=Path, help="also write the tables (markdown) here")
     args = parser.parse_args()
@@ -111,7 +113,9 @@ def main() -> None:
     train, heldout = split_records(records, work)
 
     rows = []
-    variants = list(LEVERS.items()) if args.levers else list(LEVERS.items())[:1]
+    variants = list(LEVERS.items()) if args.levers or args.only else list(LEVERS.items())[:1]
+    if args.only:
+        variants = [(label, run_one) for label, run_one in variants if any(text in label for text in args.only)]
     # alternating: the tutorial first and again last, llm-tuning's variants between
     for label, run_one in [("tutorial recipe", None), *variants, ("tutorial recipe", None)]:
         out = work / f"run{len(rows)}"
@@ -139,7 +143,8 @@ def main() -> None:
     print("\n" + text)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        command = "python benchmarks/speed_vs_tutorial.py" + (" --levers" if args.levers else "") + (" --scaling" if args.scaling else "")
+        command = " ".join(["python benchmarks/speed_vs_tutorial.py", *(["--levers"] if args.levers else []),
+                            *(f"--only '{text}'" for text in args.only or []), *(["--scaling"] if args.scaling else [])])
         args.output.write_text(f"Command: `{command}`\n\n{text}\n", encoding="utf-8")
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import __version__
 from .activations import keep_fewer_activations
+from .cpu_matmul import use_onednn_matmul
 from .callbacks import DivergenceGuard, JsonlLog, ProgressBar, StopOnInterrupt, interrupt_requests
 from .config import RUN_CONFIG_FILE, Config, load_config, save_run_config
 from .data.encode import IGNORE_INDEX, encode_examples
@@ -53,6 +54,7 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         check_fits(config, predicted)
     model, epsilon = prepare_model(config, method, resolved_path, tokenizer, adjustments)
     lean = keep_fewer_activations(model) if config.train.lean_activations else []
+    onednn_linears = use_onednn_matmul(model) if config.train.cpu_matmul == "onednn" else 0
     trainable, total = count_parameters(model)
     if trainable == 0:
         raise UserError(f"method {config.method.name} leaves nothing to train on this model")
@@ -101,6 +103,7 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         "tokens_per_s": state.num_input_tokens_seen / runtime if runtime else 0.0,
         "adjustments": adjustments,
         "lean_activations": lean,
+        "onednn_linears": onednn_linears,
         "estimated_peak_memory_bytes": predicted["total_bytes"],
         "estimated_memory_components": predicted["components"],
         **peak_memory(),

@@ -1,0 +1,72 @@
+"""oneDNN products for frozen linear layers (`train.cpu_matmul=onednn`): only frozen fp32 CPU linears switch, and
+loss and gradients match torch's own products to fp32 rounding."""
+
+import pytest
+import torch
+from conftest import assert_only_trainable_tensors_changed, run_config, train_capturing_model
+from peft import LoraConfig, get_peft_model
+from torch import nn
+from transformers import AutoModelForCausalLM
+
+from llm_tuning.cpu_matmul import onednn_linear_forward, use_onednn_matmul
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
+
+
+def lora_model(path):
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["q_proj", "v_proj"]))
+    for name, param in model.named_parameters():  # lora_B starts at zero: give it values so that every gradient is non-trivial
+        if "lora_B" in name:
+            nn.init.normal_(param, std=0.02)
+    return model.train()
+
+
+def loss_and_gradients(model):
+    torch.manual_seed(1)  # the same dropout masks
+    ids = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(2))
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2"])
+def test_same_loss_and_gradients_as_torch_products(tiny_models, architecture):
+    plain, switched = lora_model(tiny_models[architecture]), lora_model(tiny_models[architecture])
+    layers = plain.config.num_hidden_layers
+    assert use_onednn_matmul(switched) == 7 * layers + 1  # every frozen projection, and the LM head
+    loss_plain, grads_plain = loss_and_gradients(plain)
+    loss_switched, grads_switched = loss_and_gradients(switched)
+    torch.testing.assert_close(loss_switched, loss_plain, atol=1e-5, rtol=1e-5)
+    assert grads_switched.keys() == grads_plain.keys() and len(grads_plain) == 4 * layers  # lora_A and lora_B on q and v
+    for name in grads_plain:
+        torch.testing.assert_close(grads_switched[name], grads_plain[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_only_frozen_float32_linears_switch(tiny_llama):
+    model = lora_model(tiny_llama)
+    use_onednn_matmul(model)
+    adapters = [m for n, m in model.named_modules() if "lora_A" in n or "lora_B" in n]
+    assert adapters and all("forward" not in vars(m) for m in adapters if isinstance(m, nn.Linear))  # trained: torch's
+    full = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)  # every weight trains
+    assert use_onednn_matmul(full) == 0
+    half = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.bfloat16).requires_grad_(False)
+    assert use_onednn_matmul(half) == 0
+
+
+def test_other_inputs_take_torch_path():
+    linear = nn.Linear(8, 4).requires_grad_(False)
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(onednn_linear_forward(linear, x), linear(x), atol=1e-6, rtol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast picks bf16 products itself
+        assert onednn_linear_forward(linear, x).dtype == torch.bfloat16
+    assert torch.equal(onednn_linear_forward(linear.double(), x.double()), linear(x.double()))
+
+
+def test_training_with_onednn_products(tiny_llama, records_path, tmp_path):
+    run = train_capturing_model(run_config(tiny_llama, records_path, tmp_path / "run", train={"max_steps": 8, "logging_steps": 1, "cpu_matmul": "onednn"}))
+    assert run.summary["onednn_linears"] == 2 * 7 + 1
+    losses = [e["loss"] for e in run.summary["loss_history"]]
+    assert losses[-1] < losses[0]
+    assert_only_trainable_tensors_changed(run)
