@@ -41,7 +41,9 @@ def onednn_linear_forward(linear: nn.Linear, x):
 
 
 def is_frozen_cpu_linear(module) -> bool:
-    frozen = not module.weight.requires_grad and (module.bias is None or not module.bias.requires_grad) if type(module) is nn.Linear else False
+    if type(module) is not nn.Linear:  # subclasses (bitsandbytes' quantized layers) multiply their own way
+        return False
+    frozen = not module.weight.requires_grad and (module.bias is None or not module.bias.requires_grad)
     return frozen and module.weight.dtype == torch.float32 and module.weight.device.type == "cpu"
 
 

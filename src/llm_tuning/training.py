@@ -12,9 +12,9 @@ from pathlib import Path
 
 from . import __version__
 from .activations import keep_fewer_activations
-from .cpu_matmul import use_onednn_matmul
 from .callbacks import DivergenceGuard, JsonlLog, ProgressBar, StopOnInterrupt, interrupt_requests
 from .config import RUN_CONFIG_FILE, Config, load_config, save_run_config
+from .cpu_matmul import use_onednn_matmul
 from .data.encode import IGNORE_INDEX, encode_examples
 from .data.packing import PackedCollator, pack_rows, packing_unsupported_reason, use_packed_attention
 from .data.records import ReadResult, read_examples
