@@ -28,6 +28,7 @@ PRODUCTS = [
     ("LM head, 512 labels", 49152, 576, 3, LABELLED),
 ]
 ROUNDS = 3
+LIBRARIES = ("torch (MKL)", "oneDNN", "OpenBLAS (numpy)")
 
 
 def seconds_per_call(run, repeats: int) -> float:
@@ -44,36 +45,35 @@ def libraries(x, w, grad):
     x_np, w_np, grad_np = x.numpy(), w.numpy(), grad.numpy()
     out_np, grad_x_np = out.numpy(), grad_x.numpy()
     linear = torch.ops.mkldnn._linear_pointwise
-    return {
-        "torch (MKL)": (lambda: torch.mm(x, w.t(), out=out), lambda: torch.mm(grad, w, out=grad_x)),
-        "oneDNN": (lambda: linear(x, w, None, "none", [], ""), lambda: linear(grad, w.t(), None, "none", [], "")),
-        "OpenBLAS (numpy)": (lambda: np.matmul(x_np, w_np.T, out=out_np), lambda: np.matmul(grad_np, w_np, out=grad_x_np)),
-    }
+    return dict(zip(LIBRARIES, [
+        (lambda: torch.mm(x, w.t(), out=out), lambda: torch.mm(grad, w, out=grad_x)),
+        (lambda: linear(x, w, None, "none", [], ""), lambda: linear(grad, w.t(), None, "none", [], "")),
+        (lambda: np.matmul(x_np, w_np.T, out=out_np), lambda: np.matmul(grad_np, w_np, out=grad_x_np)),
+    ]))
 
 
 def main() -> None:
     torch.manual_seed(0)
-    names = list(libraries(torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1, 1)))
-    step_seconds = dict.fromkeys(names, 0.0)
+    step_seconds = dict.fromkeys(LIBRARIES, 0.0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; numpy {np.__version__}; GFLOP/s, best of {ROUNDS} rounds\n")
-    print("| product (rows x in -> out) | calls per step | " + " | ".join(f"{n} fwd | {n} bwd" for n in names) + " |")
-    print("| --- | ---: | " + " | ".join("---: | ---:" for _ in names) + " |")
+    print("| product (rows x in -> out) | calls per step | " + " | ".join(f"{n} fwd | {n} bwd" for n in LIBRARIES) + " |")
+    print("| --- | ---: | " + " | ".join("---: | ---:" for _ in LIBRARIES) + " |")
     for label, out_features, in_features, calls, rows in PRODUCTS:
         x, w, grad = torch.randn(rows, in_features), torch.randn(out_features, in_features), torch.randn(rows, out_features)
         flops = 2 * rows * in_features * out_features
         repeats = max(3, int(2e10 // flops))  # about 20 GFLOP per timing
-        best = {name: [float("inf"), float("inf")] for name in names}
+        best = {name: [float("inf"), float("inf")] for name in LIBRARIES}
         for _ in range(ROUNDS):
             for name, passes in libraries(x, w, grad).items():
                 for i, run in enumerate(passes):
                     best[name][i] = min(best[name][i], seconds_per_call(run, repeats))
-        cells = " | ".join(f"{flops / t / 1e9:.0f}" for name in names for t in best[name])
+        cells = " | ".join(f"{flops / t / 1e9:.0f}" for name in LIBRARIES for t in best[name])
         print(f"| {label} ({rows} x {in_features} -> {out_features}) | {calls} | {cells} |")
-        for name in names:
+        for name in LIBRARIES:
             step_seconds[name] += calls * sum(best[name])
-    base = step_seconds[names[0]]
+    base = step_seconds[LIBRARIES[0]]
     print("\nall of them, as in one step (frozen weights: forward and input gradient):")
-    for name in names:
+    for name in LIBRARIES:
         print(f"  {name:18s} {step_seconds[name]:5.2f} s  ({base / step_seconds[name]:.2f}x torch's speed)")
 
 

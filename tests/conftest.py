@@ -109,6 +109,22 @@ class TrainedRun:
         self.model, self.initial_state = model, initial_state
 
 
+def lora_model(path, dropout=0.1, **lora):
+    """LoRA (r=4, all linear layers) on a fp32 model from `path`, in train mode, with non-zero lora_B."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    config = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear", **lora)
+    model = get_peft_model(base, config)
+    for name, param in model.named_parameters():  # lora_B starts at zero: give it values so that every gradient is non-trivial
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.02)
+    return model.train()
+
+
 def add_trainer_callback(monkeypatch, callback) -> None:
     """Make llm_tuning.train add `callback` to its Trainer (to act at a given step: press Ctrl-C, force a NaN)."""
     import llm_tuning.training as training

@@ -3,21 +3,9 @@ same dropout masks) while keeping fewer bytes for backward."""
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM
+from conftest import lora_model
 
 from llm_tuning.activations import keep_fewer_activations
-
-
-def lora_model(path, dropout=0.1, **lora):
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    config = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear", **lora)
-    model = get_peft_model(base, config)
-    for name, param in model.named_parameters():  # lora_B starts at zero: give it values so that every gradient is non-trivial
-        if "lora_B" in name:
-            torch.nn.init.normal_(param, std=0.02)
-    return model.train()
 
 
 def step(model, seed=1):

@@ -3,24 +3,13 @@ loss and gradients match torch's own products to fp32 rounding."""
 
 import pytest
 import torch
-from conftest import assert_only_trainable_tensors_changed, run_config, train_capturing_model
-from peft import LoraConfig, get_peft_model
+from conftest import assert_only_trainable_tensors_changed, lora_model, run_config, train_capturing_model
 from torch import nn
 from transformers import AutoModelForCausalLM
 
 from llm_tuning.cpu_matmul import onednn_linear_forward, use_onednn_matmul
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
-
-
-def lora_model(path):
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    model = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["q_proj", "v_proj"]))
-    for name, param in model.named_parameters():  # lora_B starts at zero: give it values so that every gradient is non-trivial
-        if "lora_B" in name:
-            nn.init.normal_(param, std=0.02)
-    return model.train()
 
 
 def loss_and_gradients(model):
@@ -39,7 +28,7 @@ def test_same_loss_and_gradients_as_torch_products(tiny_models, architecture):
     loss_plain, grads_plain = loss_and_gradients(plain)
     loss_switched, grads_switched = loss_and_gradients(switched)
     torch.testing.assert_close(loss_switched, loss_plain, atol=1e-5, rtol=1e-5)
-    assert grads_switched.keys() == grads_plain.keys() and len(grads_plain) == 4 * layers  # lora_A and lora_B on q and v
+    assert grads_switched.keys() == grads_plain.keys() and len(grads_plain) == 2 * 7 * layers  # lora_A and lora_B on each projection
     for name in grads_plain:
         torch.testing.assert_close(grads_switched[name], grads_plain[name], atol=1e-5, rtol=1e-4, msg=name)
 
