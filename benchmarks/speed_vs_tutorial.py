@@ -11,7 +11,8 @@ Printed per run: non-padding tokens processed, tokens/s (non-padding tokens / tr
 loss (mean of the last 10 steps) and the loss on the 80 held-out records after training; then the ratios.
 The tutorial runs first and again last (its mean is the reference); --levers adds, between them, llm-tuning with
 each lever taken away from the defaults (packing with per-sample attention; the chunked loss; lean activations;
-huge pages), with none of them, and with gradient checkpointing.
+huge pages; tcmalloc; oneDNN products), with none of them, and with gradient checkpointing. The run summary of each
+llm-tuning run names its allocator: without tcmalloc installed (Debian: libtcmalloc-minimal4) the defaults use glibc's.
 --scaling adds tokens/s and peak RSS at max length 256, 512, 1024 and 2048 (micro-batch 1, 10 steps, records
 concatenated so that every sample fills the length).
 Skips (exit 0) when ../shared/data is absent.
@@ -34,18 +35,21 @@ COMMON = ["model.path=smollm2-135m", "model.dtype=float32", "data.template=plain
           "method.lora_alpha=32", "method.lora_dropout=0.1", "method.target_modules=[q_proj, v_proj]", "train.learning_rate=1e-4",
           "train.lr_scheduler=linear", "train.warmup_ratio=0", "train.seed=42", "train.save_steps=100000"]
 # label: (overrides, environment); the defaults pack rows (with per-sample attention), compute the loss in chunks,
-# keep lean activations and put large blocks on transparent huge pages (THP_MEM_ALLOC_ENABLE, set by llm_tuning)
+# keep lean activations, put large blocks on transparent huge pages (THP_MEM_ALLOC_ENABLE, set by llm_tuning), run
+# on tcmalloc where installed (allocator.py) and, on x86 CPUs not made by Intel, multiply frozen layers with oneDNN
 PLAIN_TORCH = {"THP_MEM_ALLOC_ENABLE": "0"}  # torch's default, whatever this process inherited from importing llm_tuning
-NONE_OF_THEM = ["data.packing=false", "train.loss_chunk_size=0", "train.lean_activations=false"]
+GLIBC = {"LLM_TUNING_ALLOCATOR": "system"}
+NONE_OF_THEM = ["data.packing=false", "train.loss_chunk_size=0", "train.lean_activations=false", "train.cpu_matmul=torch"]
 LEVERS = {
     "llm-tuning (defaults)": ([], {}),
     "llm-tuning, defaults without packing": (["data.packing=false"], {}),
     "llm-tuning, defaults without the chunked loss": (["train.loss_chunk_size=0"], {}),
     "llm-tuning, defaults without lean activations": (["train.lean_activations=false"], {}),
     "llm-tuning, defaults without huge pages": ([], PLAIN_TORCH),
-    "llm-tuning, none of them": (NONE_OF_THEM, PLAIN_TORCH),
+    "llm-tuning, defaults without tcmalloc (glibc's malloc)": ([], GLIBC),
+    "llm-tuning, defaults without oneDNN products (train.cpu_matmul=torch)": (["train.cpu_matmul=torch"], {}),
+    "llm-tuning, none of them": (NONE_OF_THEM, {**PLAIN_TORCH, **GLIBC}),
     "llm-tuning, defaults + gradient checkpointing": (["train.gradient_checkpointing=true"], {}),
-    "llm-tuning, defaults + oneDNN products (train.cpu_matmul=onednn)": (["train.cpu_matmul=onednn"], {}),
 }
 
 
@@ -59,7 +63,7 @@ def split_records(records: list[dict], work: Path) -> tuple[Path, Path]:
 
 def run_tutorial(model: str, data: Path, out: Path, max_length: int, steps: int, batch: int) -> dict:
     run([sys.executable, str(HERE / "tutorial_recipe.py"), model, str(data), str(out), f"--max-length={max_length}",
-         f"--steps={steps}", f"--batch-size={batch}"], env=PLAIN_TORCH)
+         f"--steps={steps}", f"--batch-size={batch}"], env={**PLAIN_TORCH, "LD_PRELOAD": ""})  # as a tutorial runs: glibc
     result = json.loads((out / "result.json").read_text())
     return {**result, "adapter": out / "adapter"}
 
@@ -72,7 +76,8 @@ def run_llm_tuning(data: Path, out: Path, max_length: int, steps: int, batch: in
         env=env)
     summary = json.loads((out / "run_summary.json").read_text())
     return {"train_tokens": summary["train_tokens"], "train_runtime_s": summary["train_runtime_s"],
-            "peak_rss_bytes": summary["peak_memory_bytes"], "final_loss": summary["loss_history"][-1]["loss"], "adapter": out}
+            "peak_rss_bytes": summary["peak_memory_bytes"], "final_loss": summary["loss_history"][-1]["loss"], "adapter": out,
+            "malloc": summary["allocator"], "onednn": summary["onednn_linears"] > 0}
 
 
 def run(command: list[str], env: dict | None = None) -> None:
@@ -164,9 +169,10 @@ def report(row, model: str, heldout: Path) -> None:
 
 
 def comparison_table(rows) -> str:
-    lines = ["| run | non-padding tokens | tokens/s | peak RSS (MiB) | final train loss | held-out loss |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {label} | {r['train_tokens']} | {rate(r):.1f} | {mib(r):.0f} | {r['final_loss']:.4f} | {r['heldout_loss']:.4f} |" for label, r in rows]
+    lines = ["| run | malloc, products | non-padding tokens | tokens/s | peak RSS (MiB) | final train loss | held-out loss |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {label} | {libraries(r)} | {r['train_tokens']} | {rate(r):.1f} | {mib(r):.0f} | {r['final_loss']:.4f} | {r['heldout_loss']:.4f} |"
+              for label, r in rows]
     tutorials = [r for label, r in rows if label == "tutorial recipe"]
     reference = {"rate": sum(map(rate, tutorials)) / len(tutorials), "mib": sum(map(mib, tutorials)) / len(tutorials),
                  "heldout": sum(r["heldout_loss"] for r in tutorials) / len(tutorials)}
@@ -175,6 +181,11 @@ def comparison_table(rows) -> str:
     lines += [f"| {label} | {rate(r) / reference['rate']:.2f}x | {mib(r) / reference['mib']:.2f}x | {r['heldout_loss'] / reference['heldout'] - 1:+.1%} |"
               for label, r in rows if label != "tutorial recipe"]
     return "\n".join(lines)
+
+
+def libraries(result: dict) -> str:
+    """Which malloc and which matrix products a run used; the tutorial's are glibc's and torch's."""
+    return f"{result.get('malloc', 'glibc')}, {'oneDNN' if result.get('onednn') else 'torch'}"
 
 
 def scaling_table(scaling) -> str:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from llm_tuning import generate, load_config, train
+from llm_tuning.allocator import restart_with_preferred_allocator
 from llm_tuning.cli import quiet_libraries
 from llm_tuning.infer import GenerationOptions, read_prompts
 
@@ -52,4 +53,5 @@ def _one_line(text: str) -> str:
 
 
 if __name__ == "__main__":
+    restart_with_preferred_allocator()  # on tcmalloc where installed, as the llm-tuning command runs
     main(sys.argv[1:])

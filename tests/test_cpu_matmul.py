@@ -7,9 +7,20 @@ from conftest import assert_only_trainable_tensors_changed, lora_model, run_conf
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from llm_tuning.cpu_matmul import onednn_linear_forward, use_onednn_matmul
+from llm_tuning import cpu_matmul
+from llm_tuning.cpu_matmul import onednn_linear_forward, use_onednn_matmul, wants_onednn
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
+
+
+def test_auto_means_onednn_on_x86_cpus_not_made_by_intel(monkeypatch):
+    monkeypatch.setattr(cpu_matmul.platform, "machine", lambda: "x86_64")
+    for vendor, expected in (("AuthenticAMD", True), ("HygonGenuine", True), ("GenuineIntel", False), (None, False)):
+        monkeypatch.setattr(cpu_matmul, "cpu_vendor", lambda vendor=vendor: vendor)
+        assert wants_onednn("auto") is expected, vendor
+        assert wants_onednn("torch") is False and wants_onednn("onednn") is True
+    monkeypatch.setattr(cpu_matmul.platform, "machine", lambda: "aarch64")
+    assert wants_onednn("auto") is False
 
 
 def loss_and_gradients(model):
@@ -59,3 +70,5 @@ def test_training_with_onednn_products(tiny_llama, records_path, tmp_path):
     losses = [e["loss"] for e in run.summary["loss_history"]]
     assert losses[-1] < losses[0]
     assert_only_trainable_tensors_changed(run)
+    # after training the model is back on torch's products: no linear keeps oneDNN's forward
+    assert not any(getattr(module.__dict__.get("forward"), "func", None) is onednn_linear_forward for module in run.model.modules())

@@ -12,6 +12,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from .allocator import restart_with_preferred_allocator
 from .errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -335,8 +336,10 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _split_config_argument(args)
-    quiet_libraries()
     try:
+        if argv is None:  # a command, not a call from Python: restart on tcmalloc (allocator.py), before torch loads
+            restart_with_preferred_allocator()
+        quiet_libraries()
         return args.run(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

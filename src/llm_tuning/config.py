@@ -125,9 +125,9 @@ class TrainConfig:
         "recomputed), LoRA dropout keeps a 1-byte mask and the shared input.",
     )
     cpu_matmul: str = option(
-        "torch", "Which library multiplies frozen fp32 linear layers on a CPU: `torch` (MKL on x86) or `onednn` (faster products "
-        "on AMD CPUs, where MKL runs a generic path; measured +2.6% tokens/s for more peak memory, see README's Speed).",
-        choices=("torch", "onednn"),
+        "auto", "Which library multiplies frozen fp32 linear layers on a CPU: `torch` (MKL on x86), `onednn` (faster on AMD "
+        "CPUs, where MKL runs a generic path; see README's Speed), or `auto`: oneDNN on x86 CPUs not made by Intel, torch elsewhere.",
+        choices=("auto", "torch", "onednn"),
     )
     gradient_checkpointing: bool = option(False, "Recompute each layer's activations in the backward pass instead of keeping them: less memory, about a third more compute.")
     checkpointing_reentrant: bool = option(False, "Use torch's reentrant checkpointing (input gradients are enabled automatically); the default non-reentrant kind is the one that works with every method.")

@@ -1,4 +1,4 @@
-"""Frozen linear layers multiplied by oneDNN on the CPU (`train.cpu_matmul=onednn`, off by default).
+"""Frozen linear layers multiplied by oneDNN on the CPU (`train.cpu_matmul`: `onednn`, or `auto` on non-Intel x86).
 
 torch's x86 wheels multiply fp32 matrices with MKL, which on AMD CPUs runs its generic code path (MKL_VERBOSE names
 "Intel(R) Architecture processors"). oneDNN, which torch also ships and which picks its kernels by instruction set,
@@ -9,6 +9,7 @@ autograd function below is all they need. Results match torch's products to fp32
 
 from __future__ import annotations
 
+import platform
 from functools import partial
 
 import torch
@@ -47,6 +48,23 @@ def is_frozen_cpu_linear(module) -> bool:
     return frozen and module.weight.dtype == torch.float32 and module.weight.device.type == "cpu"
 
 
+def wants_onednn(choice: str) -> bool:
+    """Whether `train.cpu_matmul` (auto, torch or onednn) means oneDNN on this machine: `auto` does where MKL
+    would run its generic path, on x86 CPUs from other vendors than Intel."""
+    if choice != "auto":
+        return choice == "onednn"
+    return platform.machine().lower() in ("x86_64", "amd64") and cpu_vendor() not in ("GenuineIntel", None)
+
+
+def cpu_vendor() -> str | None:
+    """The CPU's vendor string as Linux reports it (GenuineIntel, AuthenticAMD ...), or None where unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            return next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("vendor_id")), None)
+    except OSError:
+        return None
+
+
 def use_onednn_matmul(model) -> int:
     """Route `model`'s frozen fp32 CPU linear layers through oneDNN, in place; returns how many were switched."""
     if not torch.backends.mkldnn.is_available():
@@ -55,3 +73,11 @@ def use_onednn_matmul(model) -> int:
     for linear in linears:
         linear.forward = partial(onednn_linear_forward, linear)
     return len(linears)
+
+
+def use_torch_matmul(model) -> None:
+    """Undo use_onednn_matmul: after training, the model multiplies as it will once saved and reloaded."""
+    for module in model.modules():
+        forward = module.__dict__.get("forward")
+        if isinstance(forward, partial) and forward.func is onednn_linear_forward:
+            del module.forward

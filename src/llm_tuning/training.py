@@ -12,9 +12,10 @@ from pathlib import Path
 
 from . import __version__
 from .activations import keep_fewer_activations
+from .allocator import active_allocator
 from .callbacks import DivergenceGuard, JsonlLog, ProgressBar, StopOnInterrupt, interrupt_requests
 from .config import RUN_CONFIG_FILE, Config, load_config, save_run_config
-from .cpu_matmul import use_onednn_matmul
+from .cpu_matmul import use_onednn_matmul, use_torch_matmul, wants_onednn
 from .data.encode import IGNORE_INDEX, encode_examples
 from .data.packing import PackedCollator, pack_rows, packing_unsupported_reason, use_packed_attention
 from .data.records import ReadResult, read_examples
@@ -54,7 +55,7 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         check_fits(config, predicted)
     model, epsilon = prepare_model(config, method, resolved_path, tokenizer, adjustments)
     lean = keep_fewer_activations(model) if config.train.lean_activations else []
-    onednn_linears = use_onednn_matmul(model) if config.train.cpu_matmul == "onednn" else 0
+    onednn_linears = use_onednn_matmul(model) if wants_onednn(config.train.cpu_matmul) else 0
     trainable, total = count_parameters(model)
     if trainable == 0:
         raise UserError(f"method {config.method.name} leaves nothing to train on this model")
@@ -72,6 +73,7 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     with interrupt_requests() as interrupted:
         trainer.add_callback(StopOnInterrupt(interrupted))
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    use_torch_matmul(model)  # validation and the caller's model compute as the saved weights will after reloading
     status = "diverged" if guard.problem else "interrupted" if interrupted else "completed"
     validation = validate(trainer, val_data) if val_data and status == "completed" else None
     saved_bytes = 0 if guard.problem else save_trained(model, output_dir)  # never save a diverged model
@@ -104,6 +106,7 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         "adjustments": adjustments,
         "lean_activations": lean,
         "onednn_linears": onednn_linears,
+        "allocator": active_allocator(),
         "estimated_peak_memory_bytes": predicted["total_bytes"],
         "estimated_memory_components": predicted["components"],
         **peak_memory(),
