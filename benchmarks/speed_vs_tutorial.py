@@ -11,7 +11,7 @@ Printed per run: non-padding tokens processed, tokens/s (non-padding tokens / tr
 loss (mean of the last 10 steps) and the loss on the 80 held-out records after training; then the ratios.
 The tutorial runs first and again last (its mean is the reference); --levers adds, between them, llm-tuning with
 each lever taken away from the defaults (packing with per-sample attention; the chunked loss; lean activations;
-huge pages; tcmalloc; oneDNN products), with none of them, and with gradient checkpointing. The run summary of each
+tcmalloc; huge pages on glibc; oneDNN products), with none of them, and with gradient checkpointing. The run summary of each
 llm-tuning run names its allocator: without tcmalloc installed (Debian: libtcmalloc-minimal4) the defaults use glibc's.
 --scaling adds tokens/s and peak RSS at max length 256, 512, 1024 and 2048 (micro-batch 1, 10 steps, records
 concatenated so that every sample fills the length).
@@ -35,8 +35,8 @@ COMMON = ["model.path=smollm2-135m", "model.dtype=float32", "data.template=plain
           "method.lora_alpha=32", "method.lora_dropout=0.1", "method.target_modules=[q_proj, v_proj]", "train.learning_rate=1e-4",
           "train.lr_scheduler=linear", "train.warmup_ratio=0", "train.seed=42", "train.save_steps=100000"]
 # label: (overrides, environment); the defaults pack rows (with per-sample attention), compute the loss in chunks,
-# keep lean activations, put large blocks on transparent huge pages (THP_MEM_ALLOC_ENABLE, set by llm_tuning), run
-# on tcmalloc where installed (allocator.py) and, on x86 CPUs not made by Intel, multiply frozen layers with oneDNN
+# keep lean activations, run on tcmalloc where installed (allocator.py; on glibc they put large blocks on transparent
+# huge pages instead: THP_MEM_ALLOC_ENABLE) and, on x86 CPUs not made by Intel, multiply frozen layers with oneDNN
 PLAIN_TORCH = {"THP_MEM_ALLOC_ENABLE": "0"}  # torch's default, whatever this process inherited from importing llm_tuning
 GLIBC = {"LLM_TUNING_ALLOCATOR": "system"}
 NONE_OF_THEM = ["data.packing=false", "train.loss_chunk_size=0", "train.lean_activations=false", "train.cpu_matmul=torch"]
@@ -45,8 +45,8 @@ LEVERS = {
     "llm-tuning, defaults without packing": (["data.packing=false"], {}),
     "llm-tuning, defaults without the chunked loss": (["train.loss_chunk_size=0"], {}),
     "llm-tuning, defaults without lean activations": (["train.lean_activations=false"], {}),
-    "llm-tuning, defaults without huge pages": ([], PLAIN_TORCH),
-    "llm-tuning, defaults without tcmalloc (glibc's malloc)": ([], GLIBC),
+    "llm-tuning, defaults without tcmalloc (glibc's malloc, with huge pages)": ([], GLIBC),
+    "llm-tuning, defaults without tcmalloc or huge pages": ([], {**GLIBC, **PLAIN_TORCH}),
     "llm-tuning, defaults without oneDNN products (train.cpu_matmul=torch)": (["train.cpu_matmul=torch"], {}),
     "llm-tuning, none of them": (NONE_OF_THEM, {**PLAIN_TORCH, **GLIBC}),
     "llm-tuning, defaults + gradient checkpointing": (["train.gradient_checkpointing=true"], {}),

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from llm_tuning import allocator
-from llm_tuning.allocator import CHOICE_VARIABLE, RESTARTED_VARIABLE, library_to_preload, restart_environment
+from llm_tuning.allocator import (CHOICE_VARIABLE, HUGE_PAGES_SET_BY_US, HUGE_PAGES_VARIABLE, RESTARTED_VARIABLE, default_huge_pages,
+                                  library_to_preload, restart_environment)
 from llm_tuning.errors import UserError
 
 from conftest import run_config
@@ -85,3 +86,20 @@ def test_a_training_command_runs_on_tcmalloc_where_installed(tiny_llama, records
         assert result.returncode == 0, result.stderr[-2000:]
         assert "tcmalloc: large alloc" not in result.stderr
         assert json.loads((tmp_path / "run" / "run_summary.json").read_text())["allocator"] == expected
+
+
+@pytest.mark.parametrize("malloc, expected", [("glibc", "1"), ("tcmalloc", None)])
+def test_huge_pages_on_glibc_only_and_the_users_setting_wins(monkeypatch, malloc, expected):
+    monkeypatch.setattr(allocator, "active_allocator", lambda: malloc)
+    env = {}
+    default_huge_pages(env)
+    assert env.get(HUGE_PAGES_VARIABLE) == expected
+    user = {HUGE_PAGES_VARIABLE: "0"}
+    default_huge_pages(user)
+    assert user == {HUGE_PAGES_VARIABLE: "0"}
+    inherited = {HUGE_PAGES_VARIABLE: "1", HUGE_PAGES_SET_BY_US: "1"}  # our choice in the process before a restart
+    default_huge_pages(inherited)
+    assert inherited.get(HUGE_PAGES_VARIABLE) == expected
+    changed = {HUGE_PAGES_VARIABLE: "0", HUGE_PAGES_SET_BY_US: "1"}  # a parent set it to 0 for this child
+    default_huge_pages(changed)
+    assert changed == {HUGE_PAGES_VARIABLE: "0"}

@@ -7,15 +7,11 @@
 Heavy libraries (torch, transformers) load on first use, so `import llm_tuning` and `--help` stay fast.
 """
 
-import os
+from .allocator import default_huge_pages
 
 __version__ = "0.1.0"
 
-# torch's CPU allocator puts blocks of 2 MiB and more on transparent huge pages when this is set before its first
-# CPU allocation (it reads it once, then). Measured on SmolLM2 LoRA training (benchmarks/speed_vs_tutorial.py):
-# peak RSS 20% lower (2,778 against 3,481 MiB) for about 4% of the speed, since freed activation blocks no longer
-# linger in glibc's heap. Set THP_MEM_ALLOC_ENABLE=0 to keep torch's default.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+default_huge_pages()  # before torch's first CPU allocation, when it reads the setting
 
 __all__ = ["train", "generate", "chat", "merge", "load_config", "UserError"]
 

@@ -28,6 +28,20 @@ TCMALLOC_NAMES = ("tcmalloc_minimal", "tcmalloc")
 TCMALLOC_FILES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4", "libtcmalloc_minimal.so", "libtcmalloc.so")
 # tcmalloc prints a line for every allocation over 1 GiB (weights of larger models); these are expected here
 QUIET_LARGE_ALLOCATIONS = {"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(1 << 40)}
+HUGE_PAGES_VARIABLE = "THP_MEM_ALLOC_ENABLE"  # read by torch's CPU allocator at its first allocation
+HUGE_PAGES_SET_BY_US = "LLM_TUNING_SET_THP"  # so that a restarted or child process decides again on its own malloc
+
+
+def default_huge_pages(environ=os.environ) -> None:
+    """Put torch's CPU blocks of 2 MiB and more on transparent huge pages when running on glibc, unless the user
+    set THP_MEM_ALLOC_ENABLE. On glibc that lowers peak RSS by a fifth (2,778 against 3,481 MiB on the speed
+    benchmark) for about 4% of the speed: freed activation blocks no longer linger in glibc's heap. tcmalloc
+    reuses freed blocks itself, so there huge pages only cost speed (2.5% in 12-step runs, same peak RSS)."""
+    ours = environ.pop(HUGE_PAGES_SET_BY_US, None)
+    if ours is not None and environ.get(HUGE_PAGES_VARIABLE) == ours:  # inherited, and not changed since: decide again
+        del environ[HUGE_PAGES_VARIABLE]
+    if HUGE_PAGES_VARIABLE not in environ and active_allocator() == "glibc":
+        environ[HUGE_PAGES_VARIABLE] = environ[HUGE_PAGES_SET_BY_US] = "1"
 
 
 def find_tcmalloc() -> str | None:
