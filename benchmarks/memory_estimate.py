@@ -99,7 +99,7 @@ def main() -> None:
                 print(f"{label}: failed\n{result.stderr[-2000:]}", file=sys.stderr)
                 continue
         summary = json.loads((out / "run_summary.json").read_text())
-        estimate, measured = estimate_memory(summary["config"])["total_bytes"], summary["peak_memory_bytes"]
+        estimate, measured = estimate_memory(summary["config"], allocator=summary.get("allocator"))["total_bytes"], summary["peak_memory_bytes"]
         rows.append((label, estimate, measured, (estimate - measured) / measured, time.time() - started))
         print(f"{label:<40} estimate {estimate / 2**20:8.0f} MiB  measured {measured / 2**20:8.0f} MiB  error {rows[-1][3]:+6.1%}", flush=True)
 

@@ -15,6 +15,7 @@ import resource
 import sys
 from pathlib import Path
 
+from .allocator import active_allocator
 from .config import Config, load_config
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -22,22 +23,37 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # an 8-bit absmax per 64 plus fp32 constants per 256 blocks.
 FOUR_BIT_BYTES = {False: 0.5 + 4 / 64, True: 0.5 + 1 / 64 + 4 / (64 * 256)}
 OPTIMIZER_BYTES_PER_PARAM = {"adamw": 8, "adamw_8bit": 2}  # two moments, fp32 or 8-bit; adafactor is per shape
-# measured (fitted with CPU_ALLOCATOR_FACTOR on benchmarks/memory_estimate.py's fitted runs): the process before
-# training, python + torch + transformers + peft + llm-tuning + a tokenizer, with large blocks on huge pages
-CPU_BASELINE_BYTES = 730 * 2**20
+# measured (fitted with the allocator factors below on benchmarks/memory_estimate.py's fitted runs): the process
+# before training, python + torch + transformers + peft + llm-tuning + a tokenizer, by malloc (glibc with large
+# blocks on huge pages)
+CPU_BASELINE_BYTES = {"glibc": 730 * 2**20, "tcmalloc": 620 * 2**20}
 CUDA_CONTEXT_BYTES = 500 * 2**20  # typical CUDA context + cuBLAS workspace, as nvidia-smi counts it
 CUDA_ALLOCATOR_SLACK = 1.10  # reserved over allocated in PyTorch's caching allocator
 LOGITS_COPIES = 3.5  # measured: logits, their log-softmax for the loss, the gradients of both, transients
 CHUNKED_LOGITS_COPIES = 1  # one chunk's fp32 logits, turned into their gradient in place (loss.py)
 # measured on a CPU: the allocator keeps freed blocks of the forward pass's temporaries, so the process holds about
-# 1.6 x what autograd saves (1.8 x before llm_tuning put torch's large blocks on transparent huge pages)
-CPU_ALLOCATOR_FACTOR = 1.6
+# 1.6 x what autograd saves on glibc with torch's large blocks on huge pages (1.8 x without), 1.5 x on tcmalloc,
+# which reuses freed blocks by size (allocator.py)
+CPU_ALLOCATOR_FACTORS = {"glibc": 1.6, "tcmalloc": 1.5}
+
+
+def cpu_malloc(allocator: str | None = None) -> str:
+    """The malloc whose measured figures apply: `allocator`, by default this process's; glibc's for any other."""
+    allocator = allocator or active_allocator()
+    return allocator if allocator in CPU_ALLOCATOR_FACTORS else "glibc"
+
+
+def cpu_allocator_factor(allocator: str | None = None) -> float:
+    return CPU_ALLOCATOR_FACTORS[cpu_malloc(allocator)]
+
+
 # attention output projections: their input (the attention output) is kept by attention's own backward
 OUTPUT_PROJECTIONS = {"o_proj", "out_proj", "dense", "c_proj", "wo"}
 
 
-def estimate(config: Config | str | Path | dict | None = None, overrides=(), device: str = "cpu") -> dict:
-    """Predicted peak memory of the training run `config` describes, by component, in bytes."""
+def estimate(config: Config | str | Path | dict | None = None, overrides=(), device: str = "cpu", allocator: str | None = None) -> dict:
+    """Predicted peak memory of the training run `config` describes, by component, in bytes; on a CPU, for the
+    malloc `allocator` (tcmalloc, glibc; by default the one this process runs on)."""
     from .methods import get_method
     from .params import meta_model, tokenizer_if_any
 
@@ -52,14 +68,14 @@ def estimate(config: Config | str | Path | dict | None = None, overrides=(), dev
     added = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and method.PEFT)
     shape = model_config.get_text_config()
     tokens = config.train.batch_size * (config.data.max_length + virtual_input_tokens(model))
-    activations = activation_bytes(shape, config, tokens, model) * (CPU_ALLOCATOR_FACTOR if device == "cpu" else 1.0)
+    activations = activation_bytes(shape, config, tokens, model) * (cpu_allocator_factor(allocator) if device == "cpu" else 1.0)
     components = {
         "weights": base_bytes + 4 * added,
         "gradients": 4 * trained_count,
         "optimizer": optimizer_bytes(trained, config.train.optimizer),
         "activations": activations,
         "logits": logits_bytes(config, model, tokens, shape.vocab_size),
-        "overhead": CPU_BASELINE_BYTES if device == "cpu" else CUDA_CONTEXT_BYTES,
+        "overhead": CPU_BASELINE_BYTES[cpu_malloc(allocator)] if device == "cpu" else CUDA_CONTEXT_BYTES,
     }
     if not method.PEFT:
         # The model's own weight gradients are allocated layer by layer in the backward pass while that layer's
