@@ -3,8 +3,8 @@
 Training allocates and frees the same large blocks (activations, their gradients) every step. glibc's malloc
 either hands big blocks back to the kernel on free, so each step pays page faults again, or keeps them in a heap
 where long-lived and short-lived blocks interleave and freed holes go unused. tcmalloc reuses freed spans by
-size. On the speed benchmark's LoRA run (benchmarks/speed_vs_tutorial.py) that gave about 14% more tokens per
-second and 12% less peak RSS (2,465 against 2,815 MiB) than glibc, with identical losses.
+size. On the speed benchmark's LoRA run (benchmarks/speed_vs_tutorial.py) that gave 8% more tokens per second and
+17% less peak RSS (2,467 against 2,961 MiB) than glibc with huge pages, with identical losses.
 
 A process cannot change its allocator once running, so the command re-executes itself, before torch loads, with
 LD_PRELOAD naming the library. LLM_TUNING_ALLOCATOR chooses: `auto` (the default: tcmalloc where found),
