@@ -7,7 +7,7 @@ from conftest import LLAMA_7B, F, H, L, V
 
 from llm_tuning.cli import main, parse_size
 from llm_tuning.errors import UserError
-from llm_tuning.memory import FOUR_BIT_BYTES, cpu_allocator_factor, estimate
+from llm_tuning.memory import CPU_ALLOCATOR_FACTORS, FOUR_BIT_BYTES, cpu_malloc, estimate
 
 
 def components(folder, *overrides, device="cpu"):
@@ -67,7 +67,7 @@ def test_lean_activations_drop_one_intermediate_per_layer_and_token(shapes):
     def activations(lean):
         return components(shapes["llama2-7b"], "data.max_length=512", "train.batch_size=1", f"train.lean_activations={lean}")["components"]["activations"]
 
-    assert activations("false") - activations("true") == pytest.approx(L * 512 * F * 4 * cpu_allocator_factor(), rel=1e-6)
+    assert activations("false") - activations("true") == pytest.approx(L * 512 * F * 4 * CPU_ALLOCATOR_FACTORS[cpu_malloc()], rel=1e-6)
 
 
 def test_checkpointing_keeps_one_hidden_state_per_layer(shapes):
@@ -81,7 +81,7 @@ def test_each_trained_projection_adds_its_own_input(shapes):
     def activations(*overrides):
         return components(shapes["llama2-7b"], "train.batch_size=1", "data.max_length=512", *overrides)["components"]["activations"]
 
-    per_value = 512 * L * 4 * cpu_allocator_factor()  # tokens x layers x fp32 x the CPU allocator factor
+    per_value = 512 * L * 4 * CPU_ALLOCATOR_FACTORS[cpu_malloc()]  # tokens x layers x fp32 x the CPU allocator factor
     q_v = activations("method.target_modules=[q_proj, v_proj]")
     assert activations("method.target_modules=[q_proj]") == q_v  # q, k and v share one input
     assert activations("method.target_modules=[k_proj, o_proj]") == q_v  # attention keeps its output anyway
@@ -94,7 +94,7 @@ def test_int8_matmul_keeps_its_inputs_through_checkpointing(shapes):
         return components(shapes["llama2-7b"], "data.max_length=512", "train.gradient_checkpointing=true", *overrides)["components"]["activations"]
 
     # bitsandbytes' CPU 8-bit matmul holds each linear layer's input outside autograd's saved tensors
-    held = 4 * 512 * L * 4 * cpu_allocator_factor() * (3 * H + F)
+    held = 4 * 512 * L * 4 * CPU_ALLOCATOR_FACTORS[cpu_malloc()] * (3 * H + F)
     assert activations("model.quantization=8bit") == pytest.approx(activations("model.quantization=4bit") + held, rel=1e-6)
 
 

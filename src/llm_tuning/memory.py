@@ -43,10 +43,6 @@ def cpu_malloc(allocator: str | None = None) -> str:
     return allocator if allocator in CPU_ALLOCATOR_FACTORS else "glibc"
 
 
-def cpu_allocator_factor(allocator: str | None = None) -> float:
-    return CPU_ALLOCATOR_FACTORS[cpu_malloc(allocator)]
-
-
 # attention output projections: their input (the attention output) is kept by attention's own backward
 OUTPUT_PROJECTIONS = {"o_proj", "out_proj", "dense", "c_proj", "wo"}
 
@@ -68,14 +64,15 @@ def estimate(config: Config | str | Path | dict | None = None, overrides=(), dev
     added = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and method.PEFT)
     shape = model_config.get_text_config()
     tokens = config.train.batch_size * (config.data.max_length + virtual_input_tokens(model))
-    activations = activation_bytes(shape, config, tokens, model) * (cpu_allocator_factor(allocator) if device == "cpu" else 1.0)
+    malloc = cpu_malloc(allocator) if device == "cpu" else None  # resolved once: it reads /proc/self/maps
+    activations = activation_bytes(shape, config, tokens, model) * (CPU_ALLOCATOR_FACTORS[malloc] if malloc else 1.0)
     components = {
         "weights": base_bytes + 4 * added,
         "gradients": 4 * trained_count,
         "optimizer": optimizer_bytes(trained, config.train.optimizer),
         "activations": activations,
         "logits": logits_bytes(config, model, tokens, shape.vocab_size),
-        "overhead": CPU_BASELINE_BYTES[cpu_malloc(allocator)] if device == "cpu" else CUDA_CONTEXT_BYTES,
+        "overhead": CPU_BASELINE_BYTES[malloc] if malloc else CUDA_CONTEXT_BYTES,
     }
     if not method.PEFT:
         # The model's own weight gradients are allocated layer by layer in the backward pass while that layer's
