@@ -8,7 +8,10 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from llm_tuning import cpu_matmul
-from llm_tuning.cpu_matmul import onednn_linear_forward, use_onednn_matmul, wants_onednn
+from llm_tuning import loss as loss_module
+from llm_tuning.cpu_matmul import onednn_linear, onednn_linear_forward, use_onednn_matmul, wants_onednn
+from llm_tuning.data.encode import IGNORE_INDEX
+from llm_tuning.loss import labelled_loss
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
 
@@ -40,6 +43,35 @@ def test_same_loss_and_gradients_as_torch_products(tiny_models, architecture):
     loss_switched, grads_switched = loss_and_gradients(switched)
     torch.testing.assert_close(loss_switched, loss_plain, atol=1e-5, rtol=1e-5)
     assert grads_switched.keys() == grads_plain.keys() and len(grads_plain) == 2 * 7 * layers  # lora_A and lora_B on each projection
+    for name in grads_plain:
+        torch.testing.assert_close(grads_switched[name], grads_plain[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def chunked_loss_and_gradients(model, chunk_size: int):
+    torch.manual_seed(1)
+    ids = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(2))
+    labels = ids.clone()
+    labels[:, :5] = IGNORE_INDEX
+    causal_lm = model.get_base_model()
+    loss = labelled_loss(causal_lm.get_decoder()(input_ids=ids).last_hidden_state, causal_lm.get_output_embeddings(), labels,
+                         chunk_size=chunk_size)
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("chunk_size", [7, 1024])
+def test_chunked_loss_multiplies_a_switched_head_with_onednn(tiny_llama, monkeypatch, chunk_size):
+    plain, switched = lora_model(tiny_llama), lora_model(tiny_llama)
+    use_onednn_matmul(switched)
+    head_products = []
+    monkeypatch.setattr(loss_module, "onednn_linear", lambda *args: head_products.append(args[0].shape) or onednn_linear(*args))
+    loss_plain, grads_plain = chunked_loss_and_gradients(plain, chunk_size)
+    assert head_products == []
+    loss_switched, grads_switched = chunked_loss_and_gradients(switched, chunk_size)
+    chunks = -(-2 * 19 // chunk_size)  # 2 rows x 19 labelled positions (targets are labels[:, 1:], 4 of them prompt)
+    assert len(head_products) == 2 * chunks  # logits and the hidden states' gradient, per chunk
+    torch.testing.assert_close(loss_switched, loss_plain, atol=1e-5, rtol=1e-5)
+    assert grads_switched.keys() == grads_plain.keys() and grads_plain
     for name in grads_plain:
         torch.testing.assert_close(grads_switched[name], grads_plain[name], atol=1e-5, rtol=1e-4, msg=name)
 

@@ -17,7 +17,8 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def _onednn_linear(x, weight, bias):
+def onednn_linear(x, weight, bias=None):
+    """linear(x, weight, bias) by oneDNN, into a fresh tensor (x and weight fp32; weight may be a transposed view)."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
@@ -27,12 +28,12 @@ class OneDnnLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(weight)
-        return _onednn_linear(x, weight, bias)
+        return onednn_linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad):
         (weight,) = ctx.saved_tensors
-        return _onednn_linear(grad.contiguous(), weight.t(), None), None, None
+        return onednn_linear(grad.contiguous(), weight.t()), None, None
 
 
 def onednn_linear_forward(linear: nn.Linear, x):
@@ -75,9 +76,14 @@ def use_onednn_matmul(model) -> int:
     return len(linears)
 
 
+def uses_onednn(module) -> bool:
+    """Whether use_onednn_matmul switched this layer (the chunked loss then multiplies the LM head the same way)."""
+    forward = module.__dict__.get("forward")
+    return isinstance(forward, partial) and forward.func is onednn_linear_forward
+
+
 def use_torch_matmul(model) -> None:
     """Undo use_onednn_matmul: after training, the model multiplies as it will once saved and reloaded."""
     for module in model.modules():
-        forward = module.__dict__.get("forward")
-        if isinstance(forward, partial) and forward.func is onednn_linear_forward:
+        if uses_onednn(module):
             del module.forward

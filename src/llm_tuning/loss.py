@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from transformers import Trainer
 
+from .cpu_matmul import onednn_linear, uses_onednn
 from .data.encode import IGNORE_INDEX
 from .data.packing import segment_lengths
 
@@ -22,23 +23,28 @@ class LabelledCrossEntropy(torch.autograd.Function):
     plus the head's own size when the head trains)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, scale: float, chunk_size: int):
+    def forward(ctx, hidden, weight, bias, targets, scale: float, chunk_size: int, onednn: bool = False):
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if weight.requires_grad else None
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and bias.requires_grad else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        onednn = onednn and hidden.dtype == weight.dtype == torch.float32
         # one chunk x vocabulary buffer, reused: the logits, then in place their log-softmax, then the gradient.
-        # A fresh allocation per chunk costs page faults (a large block comes from mmap) and a second copy at peak
-        buffer = torch.empty((min(chunk_size, hidden.shape[0]), weight.shape[0]), dtype=torch.float32, device=hidden.device)
+        # A fresh allocation per chunk costs page faults (a large block comes from mmap) and a second copy at peak.
+        # oneDNN writes only fresh tensors: each chunk's is freed before the next is made, and malloc reuses it
+        buffer = None if onednn else torch.empty((min(chunk_size, hidden.shape[0]), weight.shape[0]), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_size):
             h = hidden[start:start + chunk_size]
             y = targets[start:start + chunk_size]
-            grad_logits = buffer[:len(y)]
-            if h.dtype == weight.dtype == torch.float32:
+            if onednn:
+                grad_logits = onednn_linear(h, weight, bias)
+            elif h.dtype == weight.dtype == torch.float32:
+                grad_logits = buffer[:len(y)]
                 torch.mm(h, weight.t(), out=grad_logits)
                 if bias is not None:
                     grad_logits += bias
             else:
+                grad_logits = buffer[:len(y)]
                 grad_logits.copy_(nn.functional.linear(h.to(weight.dtype), weight, bias))
             # d(loss)/d(logits) = softmax - one_hot(target), from the log-softmax; the scale goes on the small
             # products below, not on chunk x vocabulary values
@@ -51,11 +57,12 @@ class LabelledCrossEntropy(torch.autograd.Function):
             grad_logits.exp_()
             grad_logits[torch.arange(len(y), device=y.device), y] -= 1.0
             grad_logits = grad_logits.to(weight.dtype)
-            grad_hidden[start:start + chunk_size] = (grad_logits @ weight).mul_(scale)
+            grad_hidden[start:start + chunk_size] = (onednn_linear(grad_logits, weight.t()) if onednn else grad_logits @ weight).mul_(scale)
             if grad_weight is not None:
                 grad_weight.addmm_(grad_logits.t().float(), h.float(), alpha=scale)
             if grad_bias is not None:
                 grad_bias += grad_logits.float().sum(0) * scale
+            del grad_logits  # before the next chunk's logits exist: one chunk x vocabulary block at a time
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.weight_dtype = weight.dtype
         return total * scale
@@ -67,7 +74,7 @@ class LabelledCrossEntropy(torch.autograd.Function):
             grad_hidden * grad_output.to(grad_hidden.dtype),
             None if grad_weight is None else (grad_weight * grad_output).to(ctx.weight_dtype),
             None if grad_bias is None else (grad_bias * grad_output).to(ctx.weight_dtype),
-            None, None, None,
+            None, None, None, None,
         )
 
 
@@ -83,7 +90,9 @@ def labelled_loss(hidden: torch.Tensor, head: nn.Linear, labels: torch.Tensor, n
         total = sum(nn.functional.cross_entropy(head(selected[i:i + chunk_size]).float(), selected_targets[i:i + chunk_size], reduction="sum")
                     for i in range(0, selected.shape[0], chunk_size))
         return total / max(count, 1)
-    return LabelledCrossEntropy.apply(selected, head.weight, head.bias, selected_targets, 1.0 / max(count, 1), chunk_size)
+    # the head multiplies as the model's other frozen layers do (train.cpu_matmul): oneDNN where it was switched
+    return LabelledCrossEntropy.apply(selected, head.weight, head.bias, selected_targets, 1.0 / max(count, 1), chunk_size,
+                                      uses_onednn(head))
 
 
 def chunked_loss_unsupported_reason(model) -> str | None:
