@@ -1,7 +1,7 @@
 """llm-tuning against the tutorial recipe (benchmarks/tutorial_recipe.py) on the same work, each run in its own
 process, alternating, so that each peak RSS is its own.
 
-    python benchmarks/speed_vs_tutorial.py [--levers] [--scaling] [--output benchmarks/results/speed_vs_tutorial_cpu.md]
+    python benchmarks/speed_vs_tutorial.py [--levers] [--repeat N] [--scaling] [--output benchmarks/results/speed_vs_tutorial_cpu.md]
 
 Work: SmolLM2-135M, LoRA r=8 (alpha 32, dropout 0.1) on q_proj,v_proj, ../shared/data/alpaca_zh_demo.json with the
 last 80 records held out, the plain template, max length 384, micro-batch 4, lr 1e-4 (linear decay, no warmup),
@@ -9,8 +9,9 @@ last 80 records held out, the plain template, max length 384, micro-batch 4, lr 
 through more samples in its 40 steps: compare tokens per second, not time.
 Printed per run: non-padding tokens processed, tokens/s (non-padding tokens / train time), peak RSS, final training
 loss (mean of the last 10 steps) and the loss on the 80 held-out records after training; then the ratios.
-The tutorial runs first and again last (its mean is the reference); --levers adds, between them, llm-tuning with
-each lever taken away from the defaults (packing with per-sample attention; the chunked loss; lean activations;
+The tutorial runs first and again last (its mean is the reference); --repeat N runs the llm-tuning variants N
+times, each round followed by the tutorial again, and rates each variant by the mean of its runs. --levers adds,
+between them, llm-tuning with each lever taken away from the defaults (packing with per-sample attention; the chunked loss; lean activations;
 tcmalloc; huge pages on glibc; oneDNN products), with none of them, and with gradient checkpointing. The run summary of each
 llm-tuning run names its allocator: without tcmalloc installed (Debian: libtcmalloc-minimal4) the defaults use glibc's.
 --scaling adds tokens/s and peak RSS at max length 256, 512, 1024 and 2048 (micro-batch 1, 10 steps, records
@@ -103,6 +104,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--levers", action="store_true", help="also each lever alone, and with gradient checkpointing")
     parser.add_argument("--only", action="append", metavar="TEXT", help="only llm-tuning's runs whose label contains TEXT (repeatable)")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="N rounds of the variants, each followed by the tutorial again; ratios use each run's mean")
     parser.add_argument("--scaling", action="store_true", help="also max length 256 to 2048")
     parser.add_argument("--output", type=Path, help="also write the tables (markdown) here")
     args = parser.parse_args()
@@ -121,8 +124,8 @@ def main() -> None:
     variants = list(LEVERS.items()) if args.levers or args.only else list(LEVERS.items())[:1]
     if args.only:
         variants = [(label, run_one) for label, run_one in variants if any(text in label for text in args.only)]
-    # alternating: the tutorial first and again last, llm-tuning's variants between
-    for label, run_one in [("tutorial recipe", None), *variants, ("tutorial recipe", None)]:
+    # alternating: the tutorial first and again after each round of llm-tuning's variants
+    for label, run_one in [("tutorial recipe", None), *[*variants, ("tutorial recipe", None)] * args.repeat]:
         out = work / f"run{len(rows)}"
         if run_one is None:
             result = run_tutorial(model, train, out, 384, args.steps, 4)
@@ -149,7 +152,8 @@ def main() -> None:
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         command = " ".join(["python benchmarks/speed_vs_tutorial.py", *(["--levers"] if args.levers else []),
-                            *(f"--only '{text}'" for text in args.only or []), *(["--scaling"] if args.scaling else [])])
+                            *(f"--only '{text}'" for text in args.only or []), *([f"--repeat {args.repeat}"] if args.repeat > 1 else []),
+                            *(["--scaling"] if args.scaling else [])])
         args.output.write_text(f"Command: `{command}`\n\n{text}\n", encoding="utf-8")
 
 
@@ -178,8 +182,14 @@ def comparison_table(rows) -> str:
                  "heldout": sum(r["heldout_loss"] for r in tutorials) / len(tutorials)}
     lines += ["", f"Ratios against the tutorial recipe (mean of its {len(tutorials)} run(s)): targets tokens/s >= 2x, "
               "peak RSS <= 0.6x, held-out loss <= +2%.", "", "| run | tokens/s | peak RSS | held-out loss |", "| --- | ---: | ---: | ---: |"]
-    lines += [f"| {label} | {rate(r) / reference['rate']:.2f}x | {mib(r) / reference['mib']:.2f}x | {r['heldout_loss'] / reference['heldout'] - 1:+.1%} |"
-              for label, r in rows if label != "tutorial recipe"]
+    for label in dict.fromkeys(label for label, _ in rows if label != "tutorial recipe"):  # each variant once, in order
+        runs = [r for other, r in rows if other == label]
+        mean = {"rate": sum(map(rate, runs)) / len(runs), "mib": sum(map(mib, runs)) / len(runs),
+                "heldout": sum(r["heldout_loss"] for r in runs) / len(runs)}
+        ratios = ", ".join(f"{rate(r) / reference['rate']:.2f}x" for r in runs)
+        each = f" (mean of {len(runs)} runs: {ratios})" if len(runs) > 1 else ""
+        lines.append(f"| {label}{each} | {mean['rate'] / reference['rate']:.2f}x | {mean['mib'] / reference['mib']:.2f}x | "
+                     f"{mean['heldout'] / reference['heldout'] - 1:+.1%} |")
     return "\n".join(lines)
 
 
