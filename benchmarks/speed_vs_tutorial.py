@@ -1,7 +1,8 @@
 """llm-tuning against the tutorial recipe (benchmarks/tutorial_recipe.py) on the same work, each run in its own
 process, alternating, so that each peak RSS is its own.
 
-    python benchmarks/speed_vs_tutorial.py [--levers] [--repeat N] [--scaling] [--output benchmarks/results/speed_vs_tutorial_cpu.md]
+    python benchmarks/speed_vs_tutorial.py [--levers] [--repeat N] [--scaling [LENGTH ...]] [--scaling-only]
+                                           [--output benchmarks/results/speed_vs_tutorial_cpu.md]
 
 Work: SmolLM2-135M, LoRA r=8 (alpha 32, dropout 0.1) on q_proj,v_proj, ../shared/data/alpaca_zh_demo.json with the
 last 80 records held out, the plain template, max length 384, micro-batch 4, lr 1e-4 (linear decay, no warmup),
@@ -14,8 +15,8 @@ times, each round followed by the tutorial again, and rates each variant by the 
 between them, llm-tuning with each lever taken away from the defaults (packing with per-sample attention; the chunked loss; lean activations;
 tcmalloc; huge pages on glibc; oneDNN products), with none of them, and with gradient checkpointing. The run summary of each
 llm-tuning run names its allocator: without tcmalloc installed (Debian: libtcmalloc-minimal4) the defaults use glibc's.
---scaling adds tokens/s and peak RSS at max length 256, 512, 1024 and 2048 (micro-batch 1, 10 steps, records
-concatenated so that every sample fills the length).
+--scaling adds tokens/s and peak RSS at max length 256, 512, 1024 and 2048, or at the lengths given (micro-batch 1,
+10 steps, records concatenated so that every sample fills the length); --scaling-only skips the comparison.
 Skips (exit 0) when ../shared/data is absent.
 """
 
@@ -32,6 +33,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "alpaca_zh_demo.json"
 HELDOUT = 80
+SCALING_LENGTHS = [256, 512, 1024, 2048]
 COMMON = ["model.path=smollm2-135m", "model.dtype=float32", "data.template=plain", "method.name=lora", "method.r=8",
           "method.lora_alpha=32", "method.lora_dropout=0.1", "method.target_modules=[q_proj, v_proj]", "train.learning_rate=1e-4",
           "train.lr_scheduler=linear", "train.warmup_ratio=0", "train.seed=42", "train.save_steps=100000"]
@@ -106,7 +108,8 @@ def main() -> None:
     parser.add_argument("--only", action="append", metavar="TEXT", help="only llm-tuning's runs whose label contains TEXT (repeatable)")
     parser.add_argument("--repeat", type=int, default=1, metavar="N",
                         help="N rounds of the variants, each followed by the tutorial again; ratios use each run's mean")
-    parser.add_argument("--scaling", action="store_true", help="also max length 256 to 2048")
+    parser.add_argument("--scaling", nargs="*", type=int, metavar="LENGTH", help="also these max lengths (none given: 256 to 2048)")
+    parser.add_argument("--scaling-only", action="store_true", help="the scaling runs alone, without the comparison")
     parser.add_argument("--output", type=Path, help="also write the tables (markdown) here")
     args = parser.parse_args()
     if not DATA.is_file():
@@ -120,6 +123,23 @@ def main() -> None:
     records = json.loads(DATA.read_text(encoding="utf-8"))
     train, heldout = split_records(records, work)
 
+    sections = [] if args.scaling_only else [compare(args, model, work, train, heldout)]
+    if args.scaling is not None or args.scaling_only:
+        sections.append(scale(args.scaling or SCALING_LENGTHS, model, work, records))
+
+    text = "\n\n".join(sections)
+    print("\n" + text)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        scaling = None if args.scaling is None and not args.scaling_only else " ".join(["--scaling", *map(str, args.scaling or [])])
+        command = " ".join(["python benchmarks/speed_vs_tutorial.py", *(["--levers"] if args.levers else []),
+                            *(f"--only '{text}'" for text in args.only or []), *([f"--repeat {args.repeat}"] if args.repeat > 1 else []),
+                            *([scaling] if scaling else []), *(["--scaling-only"] if args.scaling_only else [])])
+        args.output.write_text(f"Command: `{command}`\n\n{text}\n", encoding="utf-8")
+
+
+def compare(args, model: str, work: Path, train: Path, heldout: Path) -> str:
+    """The tutorial and llm-tuning's variants on the 40-step work, alternating; the comparison table."""
     rows = []
     variants = list(LEVERS.items()) if args.levers or args.only else list(LEVERS.items())[:1]
     if args.only:
@@ -133,28 +153,21 @@ def main() -> None:
             result = run_llm_tuning(train, out, 384, args.steps, 4, *run_one)
         rows.append((label, result))
         report(rows[-1], model, heldout)
-    sections = [comparison_table(rows)]
+    return comparison_table(rows)
 
-    if args.scaling:
-        long_train = work / "long.json"
-        long_train.write_text(json.dumps(long_records(records, 40, 12000), ensure_ascii=False), encoding="utf-8")
-        scaling = []
-        for length in (256, 512, 1024, 2048):
-            tutorial = run_tutorial(model, long_train, work / f"tutorial-{length}", length, 10, 1)
-            ours = run_llm_tuning(long_train, work / f"ours-{length}", length, 10, 1, [])
-            scaling.append((length, tutorial, ours))
-            print(f"max length {length}: tutorial {rate(tutorial):.0f} tok/s {mib(tutorial):.0f} MiB; "
-                  f"llm-tuning {rate(ours):.0f} tok/s {mib(ours):.0f} MiB", flush=True)
-        sections.append(scaling_table(scaling))
 
-    text = "\n\n".join(sections)
-    print("\n" + text)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        command = " ".join(["python benchmarks/speed_vs_tutorial.py", *(["--levers"] if args.levers else []),
-                            *(f"--only '{text}'" for text in args.only or []), *([f"--repeat {args.repeat}"] if args.repeat > 1 else []),
-                            *(["--scaling"] if args.scaling else [])])
-        args.output.write_text(f"Command: `{command}`\n\n{text}\n", encoding="utf-8")
+def scale(lengths: list[int], model: str, work: Path, records: list[dict]) -> str:
+    """The tutorial and llm-tuning's defaults at each max length, 10 steps of micro-batch 1; the scaling table."""
+    long_train = work / "long.json"
+    long_train.write_text(json.dumps(long_records(records, 40, 12000), ensure_ascii=False), encoding="utf-8")
+    scaling = []
+    for length in lengths:
+        tutorial = run_tutorial(model, long_train, work / f"tutorial-{length}", length, 10, 1)
+        ours = run_llm_tuning(long_train, work / f"ours-{length}", length, 10, 1, [])
+        scaling.append((length, tutorial, ours))
+        print(f"max length {length}: tutorial {rate(tutorial):.0f} tok/s {mib(tutorial):.0f} MiB; "
+              f"llm-tuning {rate(ours):.0f} tok/s {mib(ours):.0f} MiB", flush=True)
+    return scaling_table(scaling)
 
 
 def rate(result: dict) -> float:
