@@ -1,5 +1,6 @@
 """Where one training step's time goes: the speed benchmark's llm-tuning run (defaults), profiled on its third
-step with torch's profiler, as matrix products (with their FLOPs), attention, dropout masks and the rest.
+step with torch's profiler, as matrix products (torch's and oneDNN's, with their FLOPs), attention, dropout masks
+and the rest.
 
     python benchmarks/profile_step.py [extra overrides ...]
 
@@ -18,7 +19,7 @@ from pathlib import Path
 from speed_vs_tutorial import COMMON, DATA, split_records
 
 PROFILED_STEP = 3
-MATRIX_PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm")
+MATRIX_PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm", "mkldnn::_linear_pointwise")  # the last: oneDNN's (cpu_matmul.py)
 
 
 def profile_step(original):
@@ -32,9 +33,10 @@ def profile_step(original):
         if calls["count"] != PROFILED_STEP:
             return original(self, *args, **kwargs)
         started = time.perf_counter()
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_flops=True) as profiler:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_flops=True, record_shapes=True) as profiler:
             loss = original(self, *args, **kwargs)
-        report(profiler.key_averages(), time.perf_counter() - started)
+        wall = time.perf_counter() - started
+        report(profiler.key_averages(group_by_input_shape=True), wall)
         return loss
 
     return training_step
@@ -45,7 +47,7 @@ def report(events, wall: float) -> None:
         return sum(e.self_cpu_time_total for e in events if match(e.key)) / 1e6
 
     products = seconds(lambda key: key in MATRIX_PRODUCTS)
-    flops = sum(e.flops for e in events if e.key in MATRIX_PRODUCTS)
+    flops = sum(product_flops(e) for e in events if e.key in MATRIX_PRODUCTS)
     attention = seconds(lambda key: "scaled_dot_product" in key)
     masks = seconds(lambda key: "bernoulli" in key)
     total = seconds(lambda key: True)
@@ -56,10 +58,25 @@ def report(events, wall: float) -> None:
     print(f"  everything else   {total - products - attention - masks:6.2f} s")
 
 
+def product_flops(event) -> float:
+    """The profiler's FLOPs for torch's products; for oneDNN's linear (x @ w.T, which it does not count), 2 x M x N x K
+    from the recorded shapes of x and w."""
+    if event.key != "mkldnn::_linear_pointwise":
+        return event.flops
+    x, w = event.input_shapes[:2]
+    rows = 1
+    for size in x[:-1]:
+        rows *= size
+    return 2 * rows * w[0] * w[1] * event.count
+
+
 def main() -> None:
     if not DATA.is_file():
         print(f"skipped: {DATA} not found")
         return
+    from llm_tuning.allocator import restart_with_preferred_allocator
+
+    restart_with_preferred_allocator()  # on tcmalloc where installed, as the llm-tuning command trains
     from llm_tuning import loss, training
 
     work = Path(tempfile.mkdtemp(prefix="llm-tuning-profile-"))
