@@ -12,9 +12,10 @@ Printed per run: non-padding tokens processed, tokens/s (non-padding tokens / tr
 loss (mean of the last 10 steps) and the loss on the 80 held-out records after training; then the ratios.
 The tutorial runs first and again last (its mean is the reference); --repeat N runs the llm-tuning variants N
 times, each round followed by the tutorial again, and rates each variant by the mean of its runs. --levers adds,
-between them, llm-tuning with each lever taken away from the defaults (packing with per-sample attention; the chunked loss; lean activations;
-tcmalloc; huge pages on glibc; oneDNN products), with none of them, and with gradient checkpointing. The run summary of each
-llm-tuning run names its allocator: without tcmalloc installed (Debian: libtcmalloc-minimal4) the defaults use glibc's.
+between them, llm-tuning with each lever taken away from the defaults (packing with per-sample attention; the
+chunked loss; lean activations; tcmalloc; huge pages on glibc; oneDNN products), with none of them, and with
+gradient checkpointing. The run summary of each llm-tuning run names its allocator: without tcmalloc installed
+(Debian: libtcmalloc-minimal4) the defaults use glibc's.
 --scaling adds tokens/s and peak RSS at max length 256, 512, 1024 and 2048, or at the lengths given (micro-batch 1,
 10 steps, records concatenated so that every sample fills the length); --scaling-only skips the comparison.
 Skips (exit 0) when ../shared/data is absent.
@@ -133,7 +134,7 @@ def main() -> None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         scaling = None if args.scaling is None and not args.scaling_only else " ".join(["--scaling", *map(str, args.scaling or [])])
         command = " ".join(["python benchmarks/speed_vs_tutorial.py", *(["--levers"] if args.levers else []),
-                            *(f"--only '{text}'" for text in args.only or []), *([f"--repeat {args.repeat}"] if args.repeat > 1 else []),
+                            *(f"--only '{only}'" for only in args.only or []), *([f"--repeat {args.repeat}"] if args.repeat > 1 else []),
                             *([scaling] if scaling else []), *(["--scaling-only"] if args.scaling_only else [])])
         args.output.write_text(f"Command: `{command}`\n\n{text}\n", encoding="utf-8")
 
