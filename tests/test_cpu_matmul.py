@@ -59,12 +59,18 @@ def chunked_loss_and_gradients(model, chunk_size: int):
     return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
 
+def count_head_products(monkeypatch, reuses_large_blocks: bool) -> list:
+    head_products = []
+    monkeypatch.setattr(loss_module, "onednn_linear", lambda *args: head_products.append(args[0].shape) or onednn_linear(*args))
+    monkeypatch.setattr(loss_module, "malloc_reuses_large_blocks", lambda: reuses_large_blocks)
+    return head_products
+
+
 @pytest.mark.parametrize("chunk_size", [7, 1024])
 def test_chunked_loss_multiplies_a_switched_head_with_onednn(tiny_llama, monkeypatch, chunk_size):
     plain, switched = lora_model(tiny_llama), lora_model(tiny_llama)
     use_onednn_matmul(switched)
-    head_products = []
-    monkeypatch.setattr(loss_module, "onednn_linear", lambda *args: head_products.append(args[0].shape) or onednn_linear(*args))
+    head_products = count_head_products(monkeypatch, reuses_large_blocks=True)  # as on tcmalloc
     loss_plain, grads_plain = chunked_loss_and_gradients(plain, chunk_size)
     assert head_products == []
     loss_switched, grads_switched = chunked_loss_and_gradients(switched, chunk_size)
@@ -74,6 +80,14 @@ def test_chunked_loss_multiplies_a_switched_head_with_onednn(tiny_llama, monkeyp
     assert grads_switched.keys() == grads_plain.keys() and grads_plain
     for name in grads_plain:
         torch.testing.assert_close(grads_switched[name], grads_plain[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_chunked_loss_keeps_torch_products_on_glibc(tiny_llama, monkeypatch):
+    model = lora_model(tiny_llama)
+    use_onednn_matmul(model)
+    head_products = count_head_products(monkeypatch, reuses_large_blocks=False)
+    chunked_loss_and_gradients(model, chunk_size=7)
+    assert head_products == []  # one reused buffer that torch's product writes into
 
 
 def test_only_frozen_float32_linears_switch(tiny_llama):

@@ -8,10 +8,13 @@ or the mean when no count is given): tests/test_loss.py checks both within 1e-5.
 
 from __future__ import annotations
 
+from functools import cache
+
 import torch
 from torch import nn
 from transformers import Trainer
 
+from .allocator import active_allocator
 from .cpu_matmul import onednn_linear, uses_onednn
 from .data.encode import IGNORE_INDEX
 from .data.packing import segment_lengths
@@ -90,9 +93,18 @@ def labelled_loss(hidden: torch.Tensor, head: nn.Linear, labels: torch.Tensor, n
         total = sum(nn.functional.cross_entropy(head(selected[i:i + chunk_size]).float(), selected_targets[i:i + chunk_size], reduction="sum")
                     for i in range(0, selected.shape[0], chunk_size))
         return total / max(count, 1)
-    # the head multiplies as the model's other frozen layers do (train.cpu_matmul): oneDNN where it was switched
-    return LabelledCrossEntropy.apply(selected, head.weight, head.bias, selected_targets, 1.0 / max(count, 1), chunk_size,
-                                      uses_onednn(head))
+    # the head multiplies as the model's other frozen layers do (train.cpu_matmul): oneDNN where it was switched,
+    # unless each chunk's fresh logits would cost more than oneDNN gains
+    onednn = uses_onednn(head) and malloc_reuses_large_blocks()
+    return LabelledCrossEntropy.apply(selected, head.weight, head.bias, selected_targets, 1.0 / max(count, 1), chunk_size, onednn)
+
+
+@cache  # a process keeps its malloc
+def malloc_reuses_large_blocks() -> bool:
+    """Whether a fresh chunk x vocabulary tensor per chunk is cheap: on tcmalloc or jemalloc it reuses the last
+    chunk's memory. glibc's malloc returns such blocks to the kernel or, with huge pages, fragments: in 12-step
+    speed-benchmark runs oneDNN's fresh logits there cost 670 MiB of peak RSS and gained no time."""
+    return active_allocator() != "glibc"
 
 
 def chunked_loss_unsupported_reason(model) -> str | None:
