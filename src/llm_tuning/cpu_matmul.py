@@ -4,7 +4,8 @@ torch's x86 wheels multiply fp32 matrices with MKL, which on AMD CPUs runs its g
 "Intel(R) Architecture processors"). oneDNN, which torch also ships and which picks its kernels by instruction set,
 not by vendor, multiplies the same shapes faster there (`python benchmarks/cpu_matmul.py`). Only frozen fp32
 `nn.Linear` layers are switched: their backward is one product, grad @ W, with no weight gradient, so the
-autograd function below is all they need; the chunked loss (loss.py) multiplies a switched LM head the same way.
+autograd function below is all they need; the chunked loss (loss.py) multiplies a switched LM head the same way
+on tcmalloc or jemalloc.
 Results match torch's products to fp32 rounding (tests/test_cpu_matmul.py).
 """
 
