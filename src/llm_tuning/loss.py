@@ -41,14 +41,14 @@ class LabelledCrossEntropy(torch.autograd.Function):
             y = targets[start:start + chunk_size]
             if onednn:
                 grad_logits = onednn_linear(h, weight, bias)
-            elif h.dtype == weight.dtype == torch.float32:
-                grad_logits = buffer[:len(y)]
-                torch.mm(h, weight.t(), out=grad_logits)
-                if bias is not None:
-                    grad_logits += bias
             else:
                 grad_logits = buffer[:len(y)]
-                grad_logits.copy_(nn.functional.linear(h.to(weight.dtype), weight, bias))
+                if h.dtype == weight.dtype == torch.float32:
+                    torch.mm(h, weight.t(), out=grad_logits)
+                    if bias is not None:
+                        grad_logits += bias
+                else:
+                    grad_logits.copy_(nn.functional.linear(h.to(weight.dtype), weight, bias))
             # d(loss)/d(logits) = softmax - one_hot(target), from the log-softmax; the scale goes on the small
             # products below, not on chunk x vocabulary values
             if grad_logits.device.type == "cpu":  # in place: the CPU kernel reads a row before writing it
