@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes.util
 import os
 import sys
+from functools import cache
 from pathlib import Path
 
 from .errors import UserError
@@ -86,8 +87,9 @@ def restart_with_preferred_allocator() -> None:
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], restart_environment(dict(os.environ), library))
 
 
+@cache  # fixed when the process starts (LD_PRELOAD); the lookup reads /proc/self/maps
 def active_allocator() -> str:
-    """The malloc this process runs on, for the run summary: tcmalloc, jemalloc, or glibc."""
+    """The malloc this process runs on, for the run summary: tcmalloc, jemalloc, or glibc (unknown without /proc)."""
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:

@@ -8,8 +8,6 @@ or the mean when no count is given): tests/test_loss.py checks both within 1e-5.
 
 from __future__ import annotations
 
-from functools import cache
-
 import torch
 from torch import nn
 from transformers import Trainer
@@ -99,12 +97,11 @@ def labelled_loss(hidden: torch.Tensor, head: nn.Linear, labels: torch.Tensor, n
     return LabelledCrossEntropy.apply(selected, head.weight, head.bias, selected_targets, 1.0 / max(count, 1), chunk_size, onednn)
 
 
-@cache  # a process keeps its malloc
 def malloc_reuses_large_blocks() -> bool:
     """Whether a fresh chunk x vocabulary tensor per chunk is cheap: on tcmalloc or jemalloc it reuses the last
     chunk's memory. glibc's malloc returns such blocks to the kernel or, with huge pages, fragments: in 12-step
     speed-benchmark runs oneDNN's fresh logits there cost 670 MiB of peak RSS and gained no time."""
-    return active_allocator() != "glibc"
+    return active_allocator() in ("tcmalloc", "jemalloc")
 
 
 def chunked_loss_unsupported_reason(model) -> str | None:

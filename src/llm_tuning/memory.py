@@ -64,7 +64,7 @@ def estimate(config: Config | str | Path | dict | None = None, overrides=(), dev
     added = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and method.PEFT)
     shape = model_config.get_text_config()
     tokens = config.train.batch_size * (config.data.max_length + virtual_input_tokens(model))
-    malloc = cpu_malloc(allocator) if device == "cpu" else None  # resolved once: it reads /proc/self/maps
+    malloc = cpu_malloc(allocator) if device == "cpu" else None
     activations = activation_bytes(shape, config, tokens, model) * (CPU_ALLOCATOR_FACTORS[malloc] if malloc else 1.0)
     components = {
         "weights": base_bytes + 4 * added,
