@@ -2,13 +2,15 @@
 process, alternating, so that each peak RSS is its own.
 
     python benchmarks/speed_vs_tutorial.py [--levers] [--repeat N] [--scaling [LENGTH ...]] [--scaling-only]
-                                           [--output benchmarks/results/speed_vs_tutorial_cpu.md]
+                                           [--precision fp32|bf16] [--output benchmarks/results/speed_vs_tutorial_cpu.md]
 
 Work: SmolLM2-135M, LoRA r=8 (alpha 32, dropout 0.1) on q_proj,v_proj, ../shared/data/alpaca_zh_demo.json with the
 last 80 records held out, the plain template, max length 384, micro-batch 4, lr 1e-4 (linear decay, no warmup),
-40 optimizer steps, fp32, seed 42. With packing a micro-batch is 4 rows of up to 384 tokens, so llm-tuning goes
+40 optimizer steps, fp32 (`--precision bf16`, for a GPU: both load the base in bfloat16 and train under bf16
+autocast, the tutorial with Trainer's bf16=True, llm-tuning with train.precision=bf16), seed 42. With packing a micro-batch is 4 rows of up to 384 tokens, so llm-tuning goes
 through more samples in its 40 steps: compare tokens per second, not time.
-Printed per run: non-padding tokens processed, tokens/s (non-padding tokens / train time), peak RSS, final training
+Printed per run: non-padding tokens processed, tokens/s (non-padding tokens / train time), peak memory (RSS on a
+CPU; on a GPU, the GPU memory torch reserved), final training
 loss (mean of the last 10 steps) and the loss on the 80 held-out records after training; then the ratios.
 The tutorial runs first and again last (its mean is the reference); --repeat N runs the llm-tuning variants N
 times, each round followed by the tutorial again, and rates each variant by the mean of its runs. --levers adds,
@@ -41,6 +43,7 @@ COMMON = ["model.path=smollm2-135m", "model.dtype=float32", "data.template=plain
 # label: (overrides, environment); the defaults pack rows (with per-sample attention), compute the loss in chunks,
 # keep lean activations, run on tcmalloc where installed (allocator.py; on glibc they put large blocks on transparent
 # huge pages instead: THP_MEM_ALLOC_ENABLE) and, on x86 CPUs not made by Intel, multiply frozen layers with oneDNN
+PRECISIONS = {"fp32": [], "bf16": ["model.dtype=bfloat16", "train.precision=bf16"]}  # llm-tuning's overrides for each
 PLAIN_TORCH = {"THP_MEM_ALLOC_ENABLE": "0"}  # torch's default, whatever this process inherited from importing llm_tuning
 GLIBC = {"LLM_TUNING_ALLOCATOR": "system"}
 NONE_OF_THEM = ["data.packing=false", "train.loss_chunk_size=0", "train.lean_activations=false", "train.cpu_matmul=torch"]
@@ -65,22 +68,25 @@ def split_records(records: list[dict], work: Path) -> tuple[Path, Path]:
     return train, heldout
 
 
-def run_tutorial(model: str, data: Path, out: Path, max_length: int, steps: int, batch: int) -> dict:
+def run_tutorial(model: str, data: Path, out: Path, max_length: int, steps: int, batch: int, precision: str) -> dict:
     run([sys.executable, str(HERE / "tutorial_recipe.py"), model, str(data), str(out), f"--max-length={max_length}",
-         f"--steps={steps}", f"--batch-size={batch}"], env={**PLAIN_TORCH, "LD_PRELOAD": ""})  # as a tutorial runs: glibc
+         f"--steps={steps}", f"--batch-size={batch}", *(["--bf16"] if precision == "bf16" else [])],
+        env={**PLAIN_TORCH, "LD_PRELOAD": ""})  # as a tutorial runs: glibc
     result = json.loads((out / "result.json").read_text())
-    return {**result, "adapter": out / "adapter"}
+    return {**result, "peak_bytes": result.get("peak_gpu_bytes", result["peak_rss_bytes"]), "adapter": out / "adapter"}
 
 
-def run_llm_tuning(data: Path, out: Path, max_length: int, steps: int, batch: int, extra: list[str], env: dict | None = None) -> dict:
+def run_llm_tuning(data: Path, out: Path, max_length: int, steps: int, batch: int, precision: str, extra: list[str],
+                   env: dict | None = None) -> dict:
     config = out.parent / "empty.yaml"
     config.write_text("{}\n")
     run([sys.executable, "-m", "llm_tuning", "train", str(config), *COMMON, f"data.path={data}", f"train.output_dir={out}",
-         f"data.max_length={max_length}", f"train.max_steps={steps}", f"train.batch_size={batch}", f"train.logging_steps={min(10, steps)}", *extra],
+         f"data.max_length={max_length}", f"train.max_steps={steps}", f"train.batch_size={batch}", f"train.logging_steps={min(10, steps)}",
+         *PRECISIONS[precision], *extra],
         env=env)
     summary = json.loads((out / "run_summary.json").read_text())
     return {"train_tokens": summary["train_tokens"], "train_runtime_s": summary["train_runtime_s"],
-            "peak_rss_bytes": summary["peak_memory_bytes"], "final_loss": summary["loss_history"][-1]["loss"], "adapter": out,
+            "peak_bytes": summary["peak_memory_bytes"], "final_loss": summary["loss_history"][-1]["loss"], "adapter": out,
             "malloc": summary["allocator"], "onednn": summary["onednn_linears"] > 0}
 
 
@@ -111,6 +117,7 @@ def main() -> None:
                         help="N rounds of the variants, each followed by the tutorial again; ratios use each run's mean")
     parser.add_argument("--scaling", nargs="*", type=int, metavar="LENGTH", help="also these max lengths (none given: 256 to 2048)")
     parser.add_argument("--scaling-only", action="store_true", help="the scaling runs alone, without the comparison")
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32", help="bf16: for a GPU")
     parser.add_argument("--output", type=Path, help="also write the tables (markdown) here")
     args = parser.parse_args()
     if not DATA.is_file():
@@ -126,7 +133,7 @@ def main() -> None:
 
     sections = [] if args.scaling_only else [compare(args, model, work, train, heldout)]
     if args.scaling is not None or args.scaling_only:
-        sections.append(scale(args.scaling or SCALING_LENGTHS, model, work, records))
+        sections.append(scale(args.scaling or SCALING_LENGTHS, model, work, records, args.precision))
 
     text = "\n\n".join(sections)
     print("\n" + text)
@@ -135,7 +142,8 @@ def main() -> None:
         scaling = None if args.scaling is None and not args.scaling_only else " ".join(["--scaling", *map(str, args.scaling or [])])
         command = " ".join(["python benchmarks/speed_vs_tutorial.py", *(["--levers"] if args.levers else []),
                             *(f"--only '{only}'" for only in args.only or []), *([f"--repeat {args.repeat}"] if args.repeat > 1 else []),
-                            *([scaling] if scaling else []), *(["--scaling-only"] if args.scaling_only else [])])
+                            *([scaling] if scaling else []), *(["--scaling-only"] if args.scaling_only else []),
+                            *([f"--precision {args.precision}"] if args.precision != "fp32" else [])])
         args.output.write_text(f"Command: `{command}`\n\n{text}\n", encoding="utf-8")
 
 
@@ -149,22 +157,22 @@ def compare(args, model: str, work: Path, train: Path, heldout: Path) -> str:
     for label, run_one in [("tutorial recipe", None), *[*variants, ("tutorial recipe", None)] * args.repeat]:
         out = work / f"run{len(rows)}"
         if run_one is None:
-            result = run_tutorial(model, train, out, 384, args.steps, 4)
+            result = run_tutorial(model, train, out, 384, args.steps, 4, args.precision)
         else:
-            result = run_llm_tuning(train, out, 384, args.steps, 4, *run_one)
+            result = run_llm_tuning(train, out, 384, args.steps, 4, args.precision, *run_one)
         rows.append((label, result))
         report(rows[-1], model, heldout)
     return comparison_table(rows)
 
 
-def scale(lengths: list[int], model: str, work: Path, records: list[dict]) -> str:
+def scale(lengths: list[int], model: str, work: Path, records: list[dict], precision: str) -> str:
     """The tutorial and llm-tuning's defaults at each max length, 10 steps of micro-batch 1; the scaling table."""
     long_train = work / "long.json"
     long_train.write_text(json.dumps(long_records(records, 40, 12000), ensure_ascii=False), encoding="utf-8")
     scaling = []
     for length in lengths:
-        tutorial = run_tutorial(model, long_train, work / f"tutorial-{length}", length, 10, 1)
-        ours = run_llm_tuning(long_train, work / f"ours-{length}", length, 10, 1, [])
+        tutorial = run_tutorial(model, long_train, work / f"tutorial-{length}", length, 10, 1, precision)
+        ours = run_llm_tuning(long_train, work / f"ours-{length}", length, 10, 1, precision, [])
         scaling.append((length, tutorial, ours))
         print(f"max length {length}: tutorial {rate(tutorial):.0f} tok/s {mib(tutorial):.0f} MiB; "
               f"llm-tuning {rate(ours):.0f} tok/s {mib(ours):.0f} MiB", flush=True)
@@ -176,7 +184,7 @@ def rate(result: dict) -> float:
 
 
 def mib(result: dict) -> float:
-    return result["peak_rss_bytes"] / 2**20
+    return result["peak_bytes"] / 2**20
 
 
 def report(row, model: str, heldout: Path) -> None:
@@ -187,7 +195,7 @@ def report(row, model: str, heldout: Path) -> None:
 
 
 def comparison_table(rows) -> str:
-    lines = ["| run | malloc, products | non-padding tokens | tokens/s | peak RSS (MiB) | final train loss | held-out loss |",
+    lines = ["| run | malloc, products | non-padding tokens | tokens/s | peak memory (MiB) | final train loss | held-out loss |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {label} | {libraries(r)} | {r['train_tokens']} | {rate(r):.1f} | {mib(r):.0f} | {r['final_loss']:.4f} | {r['heldout_loss']:.4f} |"
               for label, r in rows]
@@ -195,7 +203,7 @@ def comparison_table(rows) -> str:
     reference = {"rate": sum(map(rate, tutorials)) / len(tutorials), "mib": sum(map(mib, tutorials)) / len(tutorials),
                  "heldout": sum(r["heldout_loss"] for r in tutorials) / len(tutorials)}
     lines += ["", f"Ratios against the tutorial recipe (mean of its {len(tutorials)} run(s)): targets tokens/s >= 2x, "
-              "peak RSS <= 0.6x, held-out loss <= +2%.", "", "| run | tokens/s | peak RSS | held-out loss |", "| --- | ---: | ---: | ---: |"]
+              "peak memory <= 0.6x, held-out loss <= +2%.", "", "| run | tokens/s | peak memory | held-out loss |", "| --- | ---: | ---: | ---: |"]
     for label in dict.fromkeys(label for label, _ in rows if label != "tutorial recipe"):  # each variant once, in order
         runs = [r for other, r in rows if other == label]
         mean = {"rate": sum(map(rate, runs)) / len(runs), "mib": sum(map(mib, runs)) / len(runs),
@@ -214,7 +222,7 @@ def libraries(result: dict) -> str:
 
 def scaling_table(scaling) -> str:
     lines = ["Scaling (micro-batch 1, 10 steps, every sample fills max length):", "",
-             "| max length | tutorial tokens/s | llm-tuning tokens/s | tutorial peak RSS (MiB) | llm-tuning peak RSS (MiB) |",
+             "| max length | tutorial tokens/s | llm-tuning tokens/s | tutorial peak memory (MiB) | llm-tuning peak memory (MiB) |",
              "| ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {length} | {rate(t):.1f} | {rate(o):.1f} | {mib(t):.0f} | {mib(o):.0f} |" for length, t, o in scaling]
     return "\n".join(lines)

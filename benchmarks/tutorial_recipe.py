@@ -2,9 +2,11 @@
 against: transformers Trainer + peft, `DataCollatorForSeq2Seq` padding each batch to its longest sample, and the
 model's own loss over full fp32 logits at every position.
 
-    python benchmarks/tutorial_recipe.py MODEL_DIR DATA.json OUTPUT_DIR [--max-length 384] [--steps 40]
+    python benchmarks/tutorial_recipe.py MODEL_DIR DATA.json OUTPUT_DIR [--max-length 384] [--steps 40] [--bf16]
 
-Writes OUTPUT_DIR/adapter (peft) and OUTPUT_DIR/result.json (non-padding tokens, train time, peak RSS, loss).
+--bf16 loads the base in bfloat16 and trains with Trainer's bf16=True, as the tutorials do on a GPU.
+Writes OUTPUT_DIR/adapter (peft) and OUTPUT_DIR/result.json (non-padding tokens, train time, peak RSS and, on a
+GPU, peak GPU memory reserved, loss).
 """
 
 import argparse
@@ -39,12 +41,13 @@ def main():
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--bf16", action="store_true")
     args = parser.parse_args()
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16 if args.bf16 else torch.float32)
     config = LoraConfig(task_type=TaskType.CAUSAL_LM, target_modules=["q_proj", "v_proj"], r=8, lora_alpha=32, lora_dropout=0.1)
     model = get_peft_model(model, config)
     model.print_trainable_parameters()
@@ -63,6 +66,7 @@ def main():
         report_to=[],
         include_num_input_tokens_seen="non_padding",  # for the benchmark's token count only
         use_cpu=not torch.cuda.is_available(),
+        bf16=args.bf16,
     )
     trainer = Trainer(model=model, args=training_args, train_dataset=tokenized,
                       data_collator=DataCollatorForSeq2Seq(tokenizer=tokenizer, padding=True))
@@ -77,6 +81,8 @@ def main():
         "final_loss": losses[-1],
         "steps": trainer.state.global_step,
     }
+    if torch.cuda.is_available():
+        summary["peak_gpu_bytes"] = torch.cuda.max_memory_reserved()
     Path(args.output_dir, "result.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
 

@@ -56,7 +56,9 @@ class DivergenceGuard(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         import torch
 
-        if not all(torch.isfinite(p).all() for p in self.trained):
+        # one flag per tensor, read back once: on a GPU each read waits for the device, so not one per tensor
+        flags = [torch.isfinite(p).all() for p in self.trained]
+        if flags and not bool(torch.stack([flag.to(flags[0].device) for flag in flags]).all()):
             self._stop(state, control, "trained parameters became NaN or infinite")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
