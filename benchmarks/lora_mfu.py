@@ -18,7 +18,7 @@ gate, up and down of every layer, and the LM head) and N_lora = the LoRA weights
                                          each token seeing (L + 1)/2 positions on average (causal)
 
 MFU = tokens/s x FLOPs per token / peak. The peak is --peak-tflops, else the dense bf16 figure of a known GPU
-(H100 and H200 SXM 989, A100 312 TFLOP/s), else, on a CPU, the best fp32 product rate measured here in this process
+(H100 and H200 SXM 989, H100 PCIe 756, A100 312 TFLOP/s), else, on a CPU, the best fp32 product rate measured here in this process
 (oneDNN, as the frozen layers multiply on AMD CPUs; torch's own on others), which is the ceiling fp32 training meets.
 Skips (exit 0) when SmolLM2's tokenizer cannot be provisioned.
 """
@@ -42,7 +42,7 @@ SHAPES = {  # the transformers LlamaConfig fields of each shape
                      "num_key_value_heads": 3, "head_dim": 64, "vocab_size": 49152, "rope_theta": 100000.0, "tie_word_embeddings": True},
 }
 LORA = ["method.name=lora", "method.r=8", "method.lora_alpha=32", "method.lora_dropout=0.1", "method.target_modules=[q_proj, v_proj]"]
-GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 (SXM)
+GPU_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16; the first name found wins
 
 
 def flops_per_token(shape: dict, max_length: int, lora_r: int = 8) -> dict:
