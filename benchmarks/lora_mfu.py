@@ -37,18 +37,21 @@ from transformers import TrainerCallback
 
 SHAPES = {  # the transformers LlamaConfig fields of each shape
     "llama-3.2-1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
-                     "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256, "rope_theta": 500000.0, "tie_word_embeddings": True},
+                     "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256, "rope_theta": 500000.0,
+                     "tie_word_embeddings": True},
     "smollm2-135m": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
-                     "num_key_value_heads": 3, "head_dim": 64, "vocab_size": 49152, "rope_theta": 100000.0, "tie_word_embeddings": True},
+                     "num_key_value_heads": 3, "head_dim": 64, "vocab_size": 49152, "rope_theta": 100000.0,
+                     "tie_word_embeddings": True},
 }
-LORA = ["method.name=lora", "method.r=8", "method.lora_alpha=32", "method.lora_dropout=0.1", "method.target_modules=[q_proj, v_proj]"]
-GPU_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16; the first name found wins
+LORA = ["method.name=lora", "method.r=8", "method.lora_alpha=32", "method.lora_dropout=0.1",
+        "method.target_modules=[q_proj, v_proj]"]
+GPU_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16; first name found wins
 
 
 def flops_per_token(shape: dict, max_length: int, lora_r: int = 8) -> dict:
     """The model FLOPs per token of LoRA training, by term (see the module's docstring)."""
-    hidden, heads, kv_heads, head_dim = shape["hidden_size"], shape["num_attention_heads"], shape["num_key_value_heads"], shape["head_dim"]
-    layers = shape["num_hidden_layers"]
+    hidden, layers, head_dim = shape["hidden_size"], shape["num_hidden_layers"], shape["head_dim"]
+    heads, kv_heads = shape["num_attention_heads"], shape["num_key_value_heads"]
     q, kv = heads * head_dim, kv_heads * head_dim
     per_layer = hidden * q + 2 * hidden * kv + q * hidden + 3 * hidden * shape["intermediate_size"]
     frozen = layers * per_layer + shape["vocab_size"] * hidden
@@ -201,8 +204,8 @@ def main() -> None:
     row = (f"| {rate:.1f} | {flops['total'] / 1e9:.3f} ({flops['frozen'] / 1e9:.3f} + {flops['lora'] / 1e9:.4f} + "
            f"{flops['attention'] / 1e9:.3f}) | {rate * flops['total'] / 1e12:.3f} | {peak / 1e12:.3f} ({peak_source}) | "
            f"{rate * flops['total'] / peak:.1%} | {summary['peak_memory_bytes'] / 2**20:,.0f} MiB |")
-    text = "\n".join([title, "", f"| tokens/s | model GFLOP per token (4 N + 6 N_lora + attention) | achieved TFLOP/s | peak TFLOP/s | MFU | {memory} |",
-                      "| ---: | ---: | ---: | ---: | ---: | ---: |", row])
+    header = f"| tokens/s | model GFLOP per token (4 N + 6 N_lora + attention) | achieved TFLOP/s | peak TFLOP/s | MFU | {memory} |"
+    text = "\n".join([title, "", header, "| ---: | ---: | ---: | ---: | ---: | ---: |", row])
     print("\n" + text)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -7,11 +7,12 @@ process, alternating, so that each peak RSS is its own.
 Work: SmolLM2-135M, LoRA r=8 (alpha 32, dropout 0.1) on q_proj,v_proj, ../shared/data/alpaca_zh_demo.json with the
 last 80 records held out, the plain template, max length 384, micro-batch 4, lr 1e-4 (linear decay, no warmup),
 40 optimizer steps, fp32 (`--precision bf16`, for a GPU: both load the base in bfloat16 and train under bf16
-autocast, the tutorial with Trainer's bf16=True, llm-tuning with train.precision=bf16), seed 42. With packing a micro-batch is 4 rows of up to 384 tokens, so llm-tuning goes
-through more samples in its 40 steps: compare tokens per second, not time.
+autocast, the tutorial with Trainer's bf16=True, llm-tuning with train.precision=bf16), seed 42. With packing a
+micro-batch is 4 rows of up to 384 tokens, so llm-tuning goes through more samples in its 40 steps: compare tokens
+per second, not time.
 Printed per run: non-padding tokens processed, tokens/s (non-padding tokens / train time), peak memory (RSS on a
-CPU; on a GPU, the GPU memory torch reserved), final training
-loss (mean of the last 10 steps) and the loss on the 80 held-out records after training; then the ratios.
+CPU; on a GPU, the GPU memory torch reserved), final training loss (mean of the last 10 steps) and the loss on the
+80 held-out records after training; then the ratios.
 The tutorial runs first and again last (its mean is the reference); --repeat N runs the llm-tuning variants N
 times, each round followed by the tutorial again, and rates each variant by the mean of its runs. --levers adds,
 between them, llm-tuning with each lever taken away from the defaults (packing with per-sample attention; the
