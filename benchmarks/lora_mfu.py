@@ -33,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from speed_vs_tutorial import LORA, PRECISIONS  # the speed benchmark's LoRA, and its bf16 overrides for a GPU
 from transformers import TrainerCallback
 
 SHAPES = {  # the transformers LlamaConfig fields of each shape
@@ -43,8 +44,6 @@ SHAPES = {  # the transformers LlamaConfig fields of each shape
                      "num_key_value_heads": 3, "head_dim": 64, "vocab_size": 49152, "rope_theta": 100000.0,
                      "tie_word_embeddings": True},
 }
-LORA = ["method.name=lora", "method.r=8", "method.lora_alpha=32", "method.lora_dropout=0.1",
-        "method.target_modules=[q_proj, v_proj]"]
 GPU_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16; first name found wins
 
 
@@ -105,7 +104,8 @@ def write_random_model(shape: dict, folder: Path, tokenizer_dir: str) -> None:
 
 
 def filling_records(count: int, max_length: int) -> list[dict]:
-    """Records whose answers alone are longer than max_length tokens (digits and words, a few chars per token)."""
+    """Records whose answers alone are longer than max_length tokens (digits and words, a few chars per token).
+    Made up, not speed_vs_tutorial.long_records: no data file is needed, so the script runs on a GPU machine too."""
     answer = " ".join(f"step {i} of the plan, then {i * 7 % 13} more." for i in range(max_length))
     return [{"instruction": f"Write plan {i}.", "input": "", "output": answer} for i in range(count)]
 
@@ -186,7 +186,7 @@ def main() -> None:
         sys.exit(f"could not write the random model to {work / 'model'}")
     data = work / "records.json"
     data.write_text(json.dumps(filling_records(args.batch_size * args.steps, args.max_length)), encoding="utf-8")
-    precision = ["model.dtype=bfloat16", "train.precision=bf16"] if device == "cuda" else ["model.dtype=float32"]
+    precision = PRECISIONS["bf16" if device == "cuda" else "fp32"]  # fp32: the config's default
     clock = StepClock()
     summary = train_with_clock([f"model.path={work / 'model'}", f"data.path={data}", "data.template=plain", *LORA, *precision,
                                 f"data.max_length={args.max_length}", f"train.batch_size={args.batch_size}",

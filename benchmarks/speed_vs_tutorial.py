@@ -38,8 +38,8 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "alpaca_zh_demo.json"
 HELDOUT = 80
 SCALING_LENGTHS = [256, 512, 1024, 2048]
-COMMON = ["model.path=smollm2-135m", "model.dtype=float32", "data.template=plain", "method.name=lora", "method.r=8",
-          "method.lora_alpha=32", "method.lora_dropout=0.1", "method.target_modules=[q_proj, v_proj]", "train.learning_rate=1e-4",
+LORA = ["method.name=lora", "method.r=8", "method.lora_alpha=32", "method.lora_dropout=0.1", "method.target_modules=[q_proj, v_proj]"]
+COMMON = ["model.path=smollm2-135m", "model.dtype=float32", "data.template=plain", *LORA, "train.learning_rate=1e-4",
           "train.lr_scheduler=linear", "train.warmup_ratio=0", "train.seed=42", "train.save_steps=100000"]
 # label: (overrides, environment); the defaults pack rows (with per-sample attention), compute the loss in chunks,
 # keep lean activations, run on tcmalloc where installed (allocator.py; on glibc they put large blocks on transparent
