@@ -45,17 +45,24 @@ def libraries(x, w, grad):
     x_np, w_np, grad_np = x.numpy(), w.numpy(), grad.numpy()
     out_np, grad_x_np = out.numpy(), grad_x.numpy()
     linear = torch.ops.mkldnn._linear_pointwise
-    return dict(zip(LIBRARIES, [
-        (lambda: torch.mm(x, w.t(), out=out), lambda: torch.mm(grad, w, out=grad_x)),
-        (lambda: linear(x, w, None, "none", [], ""), lambda: linear(grad, w.t(), None, "none", [], "")),
-        (lambda: np.matmul(x_np, w_np.T, out=out_np), lambda: np.matmul(grad_np, w_np, out=grad_x_np)),
-    ]))
+    return dict(
+        zip(
+            LIBRARIES,
+            [
+                (lambda: torch.mm(x, w.t(), out=out), lambda: torch.mm(grad, w, out=grad_x)),
+                (lambda: linear(x, w, None, "none", [], ""), lambda: linear(grad, w.t(), None, "none", [], "")),
+                (lambda: np.matmul(x_np, w_np.T, out=out_np), lambda: np.matmul(grad_np, w_np, out=grad_x_np)),
+            ],
+        )
+    )
 
 
 def main() -> None:
     torch.manual_seed(0)
     step_seconds = dict.fromkeys(LIBRARIES, 0.0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; numpy {np.__version__}; GFLOP/s, best of {ROUNDS} rounds\n")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; numpy {np.__version__}; GFLOP/s, best of {ROUNDS} rounds\n"
+    )
     print("| product (rows x in -> out) | calls per step | " + " | ".join(f"{n} fwd | {n} bwd" for n in LIBRARIES) + " |")
     print("| --- | ---: | " + " | ".join("---: | ---:" for _ in LIBRARIES) + " |")
     for label, out_features, in_features, calls, rows in PRODUCTS:

@@ -55,23 +55,57 @@ def main() -> None:
         f"train: {{output_dir: {work / 'run'}, max_steps: {args.steps}, batch_size: 4, learning_rate: 2.0e-4, save_steps: 100000}}\n"
     )
     generation = ["--limit", str(args.limit), "--max-new-tokens", "128"]
-    run([sys.executable, "-m", "llm_tuning", "eval", str(config), "--data", str(test), "--output", str(work / "base-eval"), *generation])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "llm_tuning",
+            "eval",
+            str(config),
+            "--data",
+            str(test),
+            "--output",
+            str(work / "base-eval"),
+            *generation,
+        ]
+    )
     run([sys.executable, "-m", "llm_tuning", "train", str(config)])
-    run([sys.executable, "-m", "llm_tuning", "eval", "--adapter", str(work / "run"), "--data", str(test), "--output", str(work / "run-eval"), *generation])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "llm_tuning",
+            "eval",
+            "--adapter",
+            str(work / "run"),
+            "--data",
+            str(test),
+            "--output",
+            str(work / "run-eval"),
+            *generation,
+        ]
+    )
 
     before = json.loads((work / "base-eval" / "metrics.json").read_text())
     after = json.loads((work / "run-eval" / "metrics.json").read_text())
     summary = json.loads((work / "run" / "run_summary.json").read_text())
-    lines = [f"SmolLM2-135M, LoRA r=16 all-linear, {args.steps} steps ({summary['train_tokens']} tokens, {summary['train_runtime_s']:.0f} s); "
-             f"{before['count']} held-out records of {held_out} (alpaca_en_demo, seed 42):", "",
-             "| model | " + " | ".join(NAMES) + " |", "| --- |" + " ---: |" * len(NAMES)]
+    lines = [
+        f"SmolLM2-135M, LoRA r=16 all-linear, {args.steps} steps ({summary['train_tokens']} tokens, {summary['train_runtime_s']:.0f} s); "
+        f"{before['count']} held-out records of {held_out} (alpaca_en_demo, seed 42):",
+        "",
+        "| model | " + " | ".join(NAMES) + " |",
+        "| --- |" + " ---: |" * len(NAMES),
+    ]
     for label, metrics in (("base (before)", before), ("after LoRA", after)):
         lines.append(f"| {label} | " + " | ".join(f"{metrics[name]:.4f}" for name in NAMES) + " |")
     table = "\n".join(lines)
     print(table)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(f"Command: `python benchmarks/eval_alpaca_en.py --steps {args.steps} --limit {args.limit}`\n\n{table}\n", encoding="utf-8")
+        args.output.write_text(
+            f"Command: `python benchmarks/eval_alpaca_en.py --steps {args.steps} --limit {args.limit}`\n\n{table}\n",
+            encoding="utf-8",
+        )
 
 
 if __name__ == "__main__":

@@ -33,16 +33,33 @@ import tempfile
 import time
 from pathlib import Path
 
-from speed_vs_tutorial import LORA, PRECISIONS  # the speed benchmark's LoRA, and its bf16 overrides for a GPU
 from transformers import TrainerCallback
 
+from speed_vs_tutorial import LORA, PRECISIONS  # the speed benchmark's LoRA, and its bf16 overrides for a GPU
+
 SHAPES = {  # the transformers LlamaConfig fields of each shape
-    "llama-3.2-1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
-                     "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256, "rope_theta": 500000.0,
-                     "tie_word_embeddings": True},
-    "smollm2-135m": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
-                     "num_key_value_heads": 3, "head_dim": 64, "vocab_size": 49152, "rope_theta": 100000.0,
-                     "tie_word_embeddings": True},
+    "llama-3.2-1b": {
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 64,
+        "vocab_size": 128256,
+        "rope_theta": 500000.0,
+        "tie_word_embeddings": True,
+    },
+    "smollm2-135m": {
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "head_dim": 64,
+        "vocab_size": 49152,
+        "rope_theta": 100000.0,
+        "tie_word_embeddings": True,
+    },
 }
 GPU_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16; first name found wins
 
@@ -97,8 +114,11 @@ def write_random_model(shape: dict, folder: Path, tokenizer_dir: str) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**shape, max_position_embeddings=8192, bos_token_id=tokenizer.bos_token_id,
-                                         eos_token_id=tokenizer.eos_token_id))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            **shape, max_position_embeddings=8192, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
+        )
+    )
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
@@ -188,23 +208,43 @@ def main() -> None:
     data.write_text(json.dumps(filling_records(args.batch_size * args.steps, args.max_length)), encoding="utf-8")
     precision = PRECISIONS["bf16" if device == "cuda" else "fp32"]  # fp32: the config's default
     clock = StepClock()
-    summary = train_with_clock([f"model.path={work / 'model'}", f"data.path={data}", "data.template=plain", *LORA, *precision,
-                                f"data.max_length={args.max_length}", f"train.batch_size={args.batch_size}",
-                                f"train.max_steps={args.steps}", "train.learning_rate=1e-4", "train.seed=42",
-                                "train.save_steps=100000", f"train.output_dir={work / 'run'}", *args.overrides], clock)
+    summary = train_with_clock(
+        [
+            f"model.path={work / 'model'}",
+            f"data.path={data}",
+            "data.template=plain",
+            *LORA,
+            *precision,
+            f"data.max_length={args.max_length}",
+            f"train.batch_size={args.batch_size}",
+            f"train.max_steps={args.steps}",
+            "train.learning_rate=1e-4",
+            "train.seed=42",
+            "train.save_steps=100000",
+            f"train.output_dir={work / 'run'}",
+            *args.overrides,
+        ],
+        clock,
+    )
 
     flops = flops_per_token(shape, args.max_length)
     rate = clock.rate(args.warmup)
     peak, peak_source = peak_flops(device, args.peak_tflops)
     label = args.shape + (f" ({shape['num_hidden_layers']} layers)" if args.layers else "")
     memory = "peak GPU memory (reserved)" if device == "cuda" else "peak RSS"
-    title = (f"LoRA r=8 on q_proj,v_proj, random {label}, max length {args.max_length}, micro-batch {args.batch_size}, "
-             f"{args.steps} steps ({args.warmup} left out), {'bf16' if device == 'cuda' else 'fp32'} on "
-             f"{torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}")
-    row = (f"| {rate:.1f} | {flops['total'] / 1e9:.3f} ({flops['frozen'] / 1e9:.3f} + {flops['lora'] / 1e9:.4f} + "
-           f"{flops['attention'] / 1e9:.3f}) | {rate * flops['total'] / 1e12:.3f} | {peak / 1e12:.3f} ({peak_source}) | "
-           f"{rate * flops['total'] / peak:.1%} | {summary['peak_memory_bytes'] / 2**20:,.0f} MiB |")
-    header = f"| tokens/s | model GFLOP per token (4 N + 6 N_lora + attention) | achieved TFLOP/s | peak TFLOP/s | MFU | {memory} |"
+    title = (
+        f"LoRA r=8 on q_proj,v_proj, random {label}, max length {args.max_length}, micro-batch {args.batch_size}, "
+        f"{args.steps} steps ({args.warmup} left out), {'bf16' if device == 'cuda' else 'fp32'} on "
+        f"{torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}"
+    )
+    row = (
+        f"| {rate:.1f} | {flops['total'] / 1e9:.3f} ({flops['frozen'] / 1e9:.3f} + {flops['lora'] / 1e9:.4f} + "
+        f"{flops['attention'] / 1e9:.3f}) | {rate * flops['total'] / 1e12:.3f} | {peak / 1e12:.3f} ({peak_source}) | "
+        f"{rate * flops['total'] / peak:.1%} | {summary['peak_memory_bytes'] / 2**20:,.0f} MiB |"
+    )
+    header = (
+        f"| tokens/s | model GFLOP per token (4 N + 6 N_lora + attention) | achieved TFLOP/s | peak TFLOP/s | MFU | {memory} |"
+    )
     text = "\n".join([title, "", header, "| ---: | ---: | ---: | ---: | ---: | ---: |", row])
     print("\n" + text)
     if args.output:

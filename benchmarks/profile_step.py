@@ -33,7 +33,9 @@ def profile_step(original):
         if calls["count"] != PROFILED_STEP:
             return original(self, *args, **kwargs)
         started = time.perf_counter()
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_flops=True, record_shapes=True) as profiler:
+        with torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU], with_flops=True, record_shapes=True
+        ) as profiler:
             loss = original(self, *args, **kwargs)
         wall = time.perf_counter() - started
         report(profiler.key_averages(group_by_input_shape=True), wall)
@@ -82,8 +84,18 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="llm-tuning-profile-"))
     train, _ = split_records(json.loads(DATA.read_text(encoding="utf-8")), work)
     loss.LeanTrainer.training_step = profile_step(loss.LeanTrainer.training_step)
-    training.train({}, [*COMMON, f"data.path={train}", f"train.output_dir={work / 'run'}", "data.max_length=384",
-                        f"train.max_steps={PROFILED_STEP}", "train.batch_size=4", *sys.argv[1:]])
+    training.train(
+        {},
+        [
+            *COMMON,
+            f"data.path={train}",
+            f"train.output_dir={work / 'run'}",
+            "data.max_length=384",
+            f"train.max_steps={PROFILED_STEP}",
+            "train.batch_size=4",
+            *sys.argv[1:],
+        ],
+    )
 
 
 if __name__ == "__main__":

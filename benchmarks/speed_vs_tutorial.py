@@ -38,9 +38,24 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "alpaca_zh_demo.json"
 HELDOUT = 80
 SCALING_LENGTHS = [256, 512, 1024, 2048]
-LORA = ["method.name=lora", "method.r=8", "method.lora_alpha=32", "method.lora_dropout=0.1", "method.target_modules=[q_proj, v_proj]"]
-COMMON = ["model.path=smollm2-135m", "model.dtype=float32", "data.template=plain", *LORA, "train.learning_rate=1e-4",
-          "train.lr_scheduler=linear", "train.warmup_ratio=0", "train.seed=42", "train.save_steps=100000"]
+LORA = [
+    "method.name=lora",
+    "method.r=8",
+    "method.lora_alpha=32",
+    "method.lora_dropout=0.1",
+    "method.target_modules=[q_proj, v_proj]",
+]
+COMMON = [
+    "model.path=smollm2-135m",
+    "model.dtype=float32",
+    "data.template=plain",
+    *LORA,
+    "train.learning_rate=1e-4",
+    "train.lr_scheduler=linear",
+    "train.warmup_ratio=0",
+    "train.seed=42",
+    "train.save_steps=100000",
+]
 # label: (overrides, environment); the defaults pack rows (with per-sample attention), compute the loss in chunks,
 # keep lean activations, run on tcmalloc where installed (allocator.py; on glibc they put large blocks on transparent
 # huge pages instead: THP_MEM_ALLOC_ENABLE) and, on x86 CPUs not made by Intel, multiply frozen layers with oneDNN
@@ -70,25 +85,58 @@ def split_records(records: list[dict], work: Path) -> tuple[Path, Path]:
 
 
 def run_tutorial(model: str, data: Path, out: Path, max_length: int, steps: int, batch: int, precision: str) -> dict:
-    run([sys.executable, str(HERE / "tutorial_recipe.py"), model, str(data), str(out), f"--max-length={max_length}",
-         f"--steps={steps}", f"--batch-size={batch}", *(["--bf16"] if precision == "bf16" else [])],
-        env={**PLAIN_TORCH, "LD_PRELOAD": ""})  # as a tutorial runs: glibc
+    run(
+        [
+            sys.executable,
+            str(HERE / "tutorial_recipe.py"),
+            model,
+            str(data),
+            str(out),
+            f"--max-length={max_length}",
+            f"--steps={steps}",
+            f"--batch-size={batch}",
+            *(["--bf16"] if precision == "bf16" else []),
+        ],
+        env={**PLAIN_TORCH, "LD_PRELOAD": ""},
+    )  # as a tutorial runs: glibc
     result = json.loads((out / "result.json").read_text())
     return {**result, "peak_bytes": result.get("peak_gpu_bytes", result["peak_rss_bytes"]), "adapter": out / "adapter"}
 
 
-def run_llm_tuning(data: Path, out: Path, max_length: int, steps: int, batch: int, precision: str, extra: list[str],
-                   env: dict | None = None) -> dict:
+def run_llm_tuning(
+    data: Path, out: Path, max_length: int, steps: int, batch: int, precision: str, extra: list[str], env: dict | None = None
+) -> dict:
     config = out.parent / "empty.yaml"
     config.write_text("{}\n")
-    run([sys.executable, "-m", "llm_tuning", "train", str(config), *COMMON, f"data.path={data}", f"train.output_dir={out}",
-         f"data.max_length={max_length}", f"train.max_steps={steps}", f"train.batch_size={batch}", f"train.logging_steps={min(10, steps)}",
-         *PRECISIONS[precision], *extra],
-        env=env)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "llm_tuning",
+            "train",
+            str(config),
+            *COMMON,
+            f"data.path={data}",
+            f"train.output_dir={out}",
+            f"data.max_length={max_length}",
+            f"train.max_steps={steps}",
+            f"train.batch_size={batch}",
+            f"train.logging_steps={min(10, steps)}",
+            *PRECISIONS[precision],
+            *extra,
+        ],
+        env=env,
+    )
     summary = json.loads((out / "run_summary.json").read_text())
-    return {"train_tokens": summary["train_tokens"], "train_runtime_s": summary["train_runtime_s"],
-            "peak_bytes": summary["peak_memory_bytes"], "final_loss": summary["loss_history"][-1]["loss"], "adapter": out,
-            "malloc": summary["allocator"], "onednn": summary["onednn_linears"] > 0}
+    return {
+        "train_tokens": summary["train_tokens"],
+        "train_runtime_s": summary["train_runtime_s"],
+        "peak_bytes": summary["peak_memory_bytes"],
+        "final_loss": summary["loss_history"][-1]["loss"],
+        "adapter": out,
+        "malloc": summary["allocator"],
+        "onednn": summary["onednn_linears"] > 0,
+    }
 
 
 def run(command: list[str], env: dict | None = None) -> None:
@@ -98,25 +146,42 @@ def run(command: list[str], env: dict | None = None) -> None:
 
 
 def heldout_loss(model: str, adapter: Path, heldout: Path, max_length: int) -> float:
-    result = subprocess.run([sys.executable, str(HERE / "heldout_loss.py"), model, str(adapter), str(heldout), f"--max-length={max_length}"],
-                            capture_output=True, text=True, cwd=HERE, check=True)
+    result = subprocess.run(
+        [sys.executable, str(HERE / "heldout_loss.py"), model, str(adapter), str(heldout), f"--max-length={max_length}"],
+        capture_output=True,
+        text=True,
+        cwd=HERE,
+        check=True,
+    )
     return json.loads(result.stdout.strip().splitlines()[-1])["heldout_loss"]
 
 
 def long_records(records: list[dict], count: int, min_chars: int) -> list[dict]:
     """Records whose answers are several answers joined, each longer than min_chars."""
     text = "\n\n".join(r["output"] for r in records)
-    return [{"instruction": records[i]["instruction"], "input": "", "output": (text[i * 500:] + text)[:min_chars]} for i in range(count)]
+    return [
+        {"instruction": records[i]["instruction"], "input": "", "output": (text[i * 500 :] + text)[:min_chars]}
+        for i in range(count)
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--levers", action="store_true", help="also each lever alone, and with gradient checkpointing")
-    parser.add_argument("--only", action="append", metavar="TEXT", help="only llm-tuning's runs whose label contains TEXT (repeatable)")
-    parser.add_argument("--repeat", type=int, default=1, metavar="N",
-                        help="N rounds of the variants, each followed by the tutorial again; ratios use each run's mean")
-    parser.add_argument("--scaling", nargs="*", type=int, metavar="LENGTH", help="also these max lengths (none given: 256 to 2048)")
+    parser.add_argument(
+        "--only", action="append", metavar="TEXT", help="only llm-tuning's runs whose label contains TEXT (repeatable)"
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N rounds of the variants, each followed by the tutorial again; ratios use each run's mean",
+    )
+    parser.add_argument(
+        "--scaling", nargs="*", type=int, metavar="LENGTH", help="also these max lengths (none given: 256 to 2048)"
+    )
     parser.add_argument("--scaling-only", action="store_true", help="the scaling runs alone, without the comparison")
     parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32", help="bf16: for a GPU")
     parser.add_argument("--output", type=Path, help="also write the tables (markdown) here")
@@ -140,11 +205,20 @@ def main() -> None:
     print("\n" + text)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        scaling = None if args.scaling is None and not args.scaling_only else " ".join(["--scaling", *map(str, args.scaling or [])])
-        command = " ".join(["python benchmarks/speed_vs_tutorial.py", *(["--levers"] if args.levers else []),
-                            *(f"--only '{only}'" for only in args.only or []), *([f"--repeat {args.repeat}"] if args.repeat > 1 else []),
-                            *([scaling] if scaling else []), *(["--scaling-only"] if args.scaling_only else []),
-                            *([f"--precision {args.precision}"] if args.precision != "fp32" else [])])
+        scaling = (
+            None if args.scaling is None and not args.scaling_only else " ".join(["--scaling", *map(str, args.scaling or [])])
+        )
+        command = " ".join(
+            [
+                "python benchmarks/speed_vs_tutorial.py",
+                *(["--levers"] if args.levers else []),
+                *(f"--only '{only}'" for only in args.only or []),
+                *([f"--repeat {args.repeat}"] if args.repeat > 1 else []),
+                *([scaling] if scaling else []),
+                *(["--scaling-only"] if args.scaling_only else []),
+                *([f"--precision {args.precision}"] if args.precision != "fp32" else []),
+            ]
+        )
         args.output.write_text(f"Command: `{command}`\n\n{text}\n", encoding="utf-8")
 
 
@@ -175,8 +249,11 @@ def scale(lengths: list[int], model: str, work: Path, records: list[dict], preci
         tutorial = run_tutorial(model, long_train, work / f"tutorial-{length}", length, 10, 1, precision)
         ours = run_llm_tuning(long_train, work / f"ours-{length}", length, 10, 1, precision, [])
         scaling.append((length, tutorial, ours))
-        print(f"max length {length}: tutorial {rate(tutorial):.0f} tok/s {mib(tutorial):.0f} MiB; "
-              f"llm-tuning {rate(ours):.0f} tok/s {mib(ours):.0f} MiB", flush=True)
+        print(
+            f"max length {length}: tutorial {rate(tutorial):.0f} tok/s {mib(tutorial):.0f} MiB; "
+            f"llm-tuning {rate(ours):.0f} tok/s {mib(ours):.0f} MiB",
+            flush=True,
+        )
     return scaling_table(scaling)
 
 
@@ -191,28 +268,49 @@ def mib(result: dict) -> float:
 def report(row, model: str, heldout: Path) -> None:
     label, result = row
     result["heldout_loss"] = heldout_loss(model, result["adapter"], heldout, 384)
-    print(f"{label:<48} {result['train_tokens']:>7} tokens {rate(result):7.1f} tok/s {mib(result):6.0f} MiB "
-          f"loss {result['final_loss']:.4f} held-out {result['heldout_loss']:.4f}", flush=True)
+    print(
+        f"{label:<48} {result['train_tokens']:>7} tokens {rate(result):7.1f} tok/s {mib(result):6.0f} MiB "
+        f"loss {result['final_loss']:.4f} held-out {result['heldout_loss']:.4f}",
+        flush=True,
+    )
 
 
 def comparison_table(rows) -> str:
-    lines = ["| run | malloc, products | non-padding tokens | tokens/s | peak memory (MiB) | final train loss | held-out loss |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {label} | {libraries(r)} | {r['train_tokens']} | {rate(r):.1f} | {mib(r):.0f} | {r['final_loss']:.4f} | {r['heldout_loss']:.4f} |"
-              for label, r in rows]
+    lines = [
+        "| run | malloc, products | non-padding tokens | tokens/s | peak memory (MiB) | final train loss | held-out loss |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    lines += [
+        f"| {label} | {libraries(r)} | {r['train_tokens']} | {rate(r):.1f} | {mib(r):.0f} | {r['final_loss']:.4f} | {r['heldout_loss']:.4f} |"
+        for label, r in rows
+    ]
     tutorials = [r for label, r in rows if label == "tutorial recipe"]
-    reference = {"rate": sum(map(rate, tutorials)) / len(tutorials), "mib": sum(map(mib, tutorials)) / len(tutorials),
-                 "heldout": sum(r["heldout_loss"] for r in tutorials) / len(tutorials)}
-    lines += ["", f"Ratios against the tutorial recipe (mean of its {len(tutorials)} run(s)): targets tokens/s >= 2x, "
-              "peak memory <= 0.6x, held-out loss <= +2%.", "", "| run | tokens/s | peak memory | held-out loss |", "| --- | ---: | ---: | ---: |"]
+    reference = {
+        "rate": sum(map(rate, tutorials)) / len(tutorials),
+        "mib": sum(map(mib, tutorials)) / len(tutorials),
+        "heldout": sum(r["heldout_loss"] for r in tutorials) / len(tutorials),
+    }
+    lines += [
+        "",
+        f"Ratios against the tutorial recipe (mean of its {len(tutorials)} run(s)): targets tokens/s >= 2x, "
+        "peak memory <= 0.6x, held-out loss <= +2%.",
+        "",
+        "| run | tokens/s | peak memory | held-out loss |",
+        "| --- | ---: | ---: | ---: |",
+    ]
     for label in dict.fromkeys(label for label, _ in rows if label != "tutorial recipe"):  # each variant once, in order
         runs = [r for other, r in rows if other == label]
-        mean = {"rate": sum(map(rate, runs)) / len(runs), "mib": sum(map(mib, runs)) / len(runs),
-                "heldout": sum(r["heldout_loss"] for r in runs) / len(runs)}
+        mean = {
+            "rate": sum(map(rate, runs)) / len(runs),
+            "mib": sum(map(mib, runs)) / len(runs),
+            "heldout": sum(r["heldout_loss"] for r in runs) / len(runs),
+        }
         ratios = ", ".join(f"{rate(r) / reference['rate']:.2f}x" for r in runs)
         each = f" (mean of {len(runs)} runs: {ratios})" if len(runs) > 1 else ""
-        lines.append(f"| {label}{each} | {mean['rate'] / reference['rate']:.2f}x | {mean['mib'] / reference['mib']:.2f}x | "
-                     f"{mean['heldout'] / reference['heldout'] - 1:+.1%} |")
+        lines.append(
+            f"| {label}{each} | {mean['rate'] / reference['rate']:.2f}x | {mean['mib'] / reference['mib']:.2f}x | "
+            f"{mean['heldout'] / reference['heldout'] - 1:+.1%} |"
+        )
     return "\n".join(lines)
 
 
@@ -222,9 +320,12 @@ def libraries(result: dict) -> str:
 
 
 def scaling_table(scaling) -> str:
-    lines = ["Scaling (micro-batch 1, 10 steps, every sample fills max length):", "",
-             "| max length | tutorial tokens/s | llm-tuning tokens/s | tutorial peak memory (MiB) | llm-tuning peak memory (MiB) |",
-             "| ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "Scaling (micro-batch 1, 10 steps, every sample fills max length):",
+        "",
+        "| max length | tutorial tokens/s | llm-tuning tokens/s | tutorial peak memory (MiB) | llm-tuning peak memory (MiB) |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
     lines += [f"| {length} | {rate(t):.1f} | {rate(o):.1f} | {mib(t):.0f} | {mib(o):.0f} |" for length, t, o in scaling]
     return "\n".join(lines)
 

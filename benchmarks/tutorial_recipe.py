@@ -68,8 +68,12 @@ def main():
         use_cpu=not torch.cuda.is_available(),
         bf16=args.bf16,
     )
-    trainer = Trainer(model=model, args=training_args, train_dataset=tokenized,
-                      data_collator=DataCollatorForSeq2Seq(tokenizer=tokenizer, padding=True))
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=tokenized,
+        data_collator=DataCollatorForSeq2Seq(tokenizer=tokenizer, padding=True),
+    )
     result = trainer.train()
     model.save_pretrained(Path(args.output_dir, "adapter"))
 

@@ -29,11 +29,25 @@ def tiny_config(architecture: str, vocab_size: int):
     # can move a loss of ln(151k) far in a few steps.
     common = dict(vocab_size=vocab_size, tie_word_embeddings=True, initializer_range=INIT_RANGE)
     if architecture == "llama":
-        return LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           num_key_value_heads=2, max_position_embeddings=512, **common)
+        return LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            **common,
+        )
     if architecture == "qwen2":
-        return Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           num_key_value_heads=2, max_position_embeddings=512, **common)
+        return Qwen2Config(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            **common,
+        )
     if architecture == "bloom":
         return BloomConfig(hidden_size=32, n_layer=2, n_head=4, **common)
     raise ValueError(architecture)
@@ -93,8 +107,16 @@ def run_config(model_path: Path, data_path: Path, output_dir: Path, **sections) 
         "model": {"path": str(model_path), "dtype": "float32"},
         "method": {"name": "lora", "r": 8, "lora_alpha": 16, "target_modules": "all-linear"},
         "data": {"path": str(data_path), "max_length": 64},
-        "train": {"output_dir": str(output_dir), "max_steps": 30, "batch_size": 4,
-                  "learning_rate": 1e-2, "warmup_ratio": 0.0, "logging_steps": 5, "save_steps": 1000, "lr_scheduler": "constant"},
+        "train": {
+            "output_dir": str(output_dir),
+            "max_steps": 30,
+            "batch_size": 4,
+            "learning_rate": 1e-2,
+            "warmup_ratio": 0.0,
+            "logging_steps": 5,
+            "save_steps": 1000,
+            "lr_scheduler": "constant",
+        },
     }
     for section, values in sections.items():
         config[section].update(values)
@@ -226,11 +248,20 @@ METHOD_CASES = {
     "prompt": ({"name": "prompt", "num_virtual_tokens": 8}, 1e-1),
     "prompt_text": ({"name": "prompt", "prompt_tuning_init_text": "Answer the question politely."}, 1e-1),
     "ptuning_mlp": ({"name": "ptuning", "num_virtual_tokens": 8, "encoder_hidden_size": 32}, 1e-2),
-    "ptuning_lstm": ({"name": "ptuning", "num_virtual_tokens": 8, "encoder_reparameterization_type": "LSTM", "encoder_hidden_size": 32}, 1e-2),
+    "ptuning_lstm": (
+        {"name": "ptuning", "num_virtual_tokens": 8, "encoder_reparameterization_type": "LSTM", "encoder_hidden_size": 32},
+        1e-2,
+    ),
     "prefix": ({"name": "prefix", "num_virtual_tokens": 8}, 1e-1),
-    "prefix_projection": ({"name": "prefix", "num_virtual_tokens": 8, "prefix_projection": True, "encoder_hidden_size": 32}, 1e-2),
+    "prefix_projection": (
+        {"name": "prefix", "num_virtual_tokens": 8, "prefix_projection": True, "encoder_hidden_size": 32},
+        1e-2,
+    ),
     "lora": ({"name": "lora", "r": 8, "lora_alpha": 16, "target_modules": "all-linear"}, 1e-2),
-    "lora_dora_rslora": ({"name": "lora", "r": 4, "use_dora": True, "use_rslora": True, "target_modules": r".*(q_proj|v_proj|query_key_value)"}, 1e-2),
+    "lora_dora_rslora": (
+        {"name": "lora", "r": 4, "use_dora": True, "use_rslora": True, "target_modules": r".*(q_proj|v_proj|query_key_value)"},
+        1e-2,
+    ),
     "ia3": ({"name": "ia3"}, 1e-1),
 }
 
@@ -245,9 +276,17 @@ def method_run(tiny_models, records_path, tmp_path_factory):
         if key not in runs:
             method, learning_rate = METHOD_CASES[case]
             output_dir = tmp_path_factory.mktemp("method-runs") / f"{case}-{architecture}"
-            config = run_config(tiny_models[architecture], records_path, output_dir,
-                                train={"max_steps": 12, "logging_steps": 1, "learning_rate": learning_rate,
-                                       "gradient_checkpointing": gradient_checkpointing})
+            config = run_config(
+                tiny_models[architecture],
+                records_path,
+                output_dir,
+                train={
+                    "max_steps": 12,
+                    "logging_steps": 1,
+                    "learning_rate": learning_rate,
+                    "gradient_checkpointing": gradient_checkpointing,
+                },
+            )
             config["method"] = dict(method)
             runs[key] = train_capturing_model(config)
         return runs[key]
@@ -268,10 +307,26 @@ BLOOM_LAYER_BIASES = BH + 3 * BH + BH + BH + 4 * BH + BH  # ln1, qkv, dense, ln2
 @pytest.fixture(scope="session")
 def shapes(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes")
-    llama = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": H, "intermediate_size": F,
-             "num_hidden_layers": L, "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": V,
-             "max_position_embeddings": 4096, "tie_word_embeddings": False}
-    bloom = {"architectures": ["BloomForCausalLM"], "model_type": "bloom", "hidden_size": BH, "n_layer": BL, "n_head": 16, "vocab_size": BV}
+    llama = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": H,
+        "intermediate_size": F,
+        "num_hidden_layers": L,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "vocab_size": V,
+        "max_position_embeddings": 4096,
+        "tie_word_embeddings": False,
+    }
+    bloom = {
+        "architectures": ["BloomForCausalLM"],
+        "model_type": "bloom",
+        "hidden_size": BH,
+        "n_layer": BL,
+        "n_head": 16,
+        "vocab_size": BV,
+    }
     folders = {}
     for name, config in (("llama2-7b", llama), ("bloom-1b4", bloom)):
         (root / name).mkdir()

@@ -3,8 +3,8 @@ same dropout masks) while keeping fewer bytes for backward."""
 
 import pytest
 import torch
-from conftest import lora_model
 
+from conftest import lora_model
 from llm_tuning.activations import keep_fewer_activations
 
 

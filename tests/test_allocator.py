@@ -9,12 +9,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llm_tuning import allocator
-from llm_tuning.allocator import (CHOICE_VARIABLE, HUGE_PAGES_SET_BY_US, HUGE_PAGES_VARIABLE, RESTARTED_VARIABLE, default_huge_pages,
-                                  library_to_preload, restart_environment)
-from llm_tuning.errors import UserError
-
 from conftest import run_config
+from llm_tuning import allocator
+from llm_tuning.allocator import (
+    CHOICE_VARIABLE,
+    HUGE_PAGES_SET_BY_US,
+    HUGE_PAGES_VARIABLE,
+    RESTARTED_VARIABLE,
+    default_huge_pages,
+    library_to_preload,
+    restart_environment,
+)
+from llm_tuning.errors import UserError
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD and /proc are Linux's")
 
@@ -66,11 +72,18 @@ def test_restart_environment_prepends_the_library_and_marks_the_restart():
 def test_the_process_restarts_once_with_the_library_mapped():
     """A real re-execution, with a library every Python process can preload (libm), and the same arguments."""
     libm = loaded_library("libm.so")
-    script = ("from llm_tuning.allocator import restart_with_preferred_allocator as restart; restart(); "
-              "import os, sys; print(os.environ['LD_PRELOAD']); print(sys.argv[1:]); "
-              f"print(any(line.endswith({libm!r}) for line in open('/proc/self/maps').read().splitlines()))")
-    result = subprocess.run([sys.executable, "-c", script, "one", "two"], capture_output=True, text=True, timeout=60,
-                            env=child_environment(**{CHOICE_VARIABLE: libm}))
+    script = (
+        "from llm_tuning.allocator import restart_with_preferred_allocator as restart; restart(); "
+        "import os, sys; print(os.environ['LD_PRELOAD']); print(sys.argv[1:]); "
+        f"print(any(line.endswith({libm!r}) for line in open('/proc/self/maps').read().splitlines()))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, "one", "two"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_environment(**{CHOICE_VARIABLE: libm}),
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [libm, "['one', 'two']", "True"]
 
@@ -81,8 +94,13 @@ def test_a_training_command_runs_on_tcmalloc_where_installed(tiny_llama, records
     config = run_config(tiny_llama, records_path, tmp_path / "run", train={"max_steps": 2})
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
     for choice, expected in (("auto", "tcmalloc" if allocator.find_tcmalloc() else "glibc"), ("system", "glibc")):
-        result = subprocess.run([sys.executable, "-m", "llm_tuning", "train", str(tmp_path / "run.yaml"), "train.overwrite=true"],
-                                capture_output=True, text=True, timeout=300, env=child_environment(**{CHOICE_VARIABLE: choice}))
+        result = subprocess.run(
+            [sys.executable, "-m", "llm_tuning", "train", str(tmp_path / "run.yaml"), "train.overwrite=true"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=child_environment(**{CHOICE_VARIABLE: choice}),
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         assert "tcmalloc: large alloc" not in result.stderr
         assert json.loads((tmp_path / "run" / "run_summary.json").read_text())["allocator"] == expected

@@ -41,7 +41,11 @@ def test_unknown_key_names_file_line_and_choices(capsys, tmp_path):
 
 def test_unknown_method_lists_methods(capsys, tmp_path):
     path = write_config(tmp_path, "method:\n  name: magic\n")
-    assert_one_line_error(*run_main(capsys, "train", str(path))[::2], "unknown method 'magic'", "valid methods: full, freeze, bitfit, prompt, ptuning, prefix, lora, ia3")
+    assert_one_line_error(
+        *run_main(capsys, "train", str(path))[::2],
+        "unknown method 'magic'",
+        "valid methods: full, freeze, bitfit, prompt, ptuning, prefix, lora, ia3",
+    )
 
 
 def test_bad_override_value(capsys, tmp_path):
@@ -51,7 +55,10 @@ def test_bad_override_value(capsys, tmp_path):
 
 
 def test_missing_data_and_model(capsys, tmp_path, tiny_llama, records_path):
-    path = write_config(tmp_path, f"model: {{path: {tiny_llama}}}\ndata: {{path: {tmp_path / 'none.jsonl'}}}\ntrain: {{output_dir: {tmp_path / 'run'}}}\n")
+    path = write_config(
+        tmp_path,
+        f"model: {{path: {tiny_llama}}}\ndata: {{path: {tmp_path / 'none.jsonl'}}}\ntrain: {{output_dir: {tmp_path / 'run'}}}\n",
+    )
     assert_one_line_error(*run_main(capsys, "train", str(path))[::2], "data file not found", "none.jsonl")
     (tmp_path / "d.jsonl").write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a"\n')
     code, _, err = run_main(capsys, "train", str(path), f"data.path={tmp_path / 'd.jsonl'}")
@@ -65,25 +72,46 @@ def test_existing_output_is_kept(capsys, tmp_path, tiny_llama, records_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    path = write_config(tmp_path, f"model: {{path: {tiny_llama}}}\ndata: {{path: {records_path}}}\ntrain: {{output_dir: {out}}}\n")
+    path = write_config(
+        tmp_path, f"model: {{path: {tiny_llama}}}\ndata: {{path: {records_path}}}\ntrain: {{output_dir: {out}}}\n"
+    )
     assert_one_line_error(*run_main(capsys, "train", str(path))[::2], "is not empty; set train.overwrite=true")
     assert (out / "keep.txt").read_text() == "mine"
 
 
 def test_generate_and_merge_errors(capsys, tmp_path):
     assert_one_line_error(*run_main(capsys, "generate", "--adapter", str(tmp_path))[::2], "no prompts")
-    assert_one_line_error(*run_main(capsys, "generate", "--adapter", str(tmp_path), "--prompt", "hi")[::2], "not an llm-tuning run directory")
-    assert_one_line_error(*run_main(capsys, "merge", "--adapter", str(tmp_path / "x"), "--output", str(tmp_path / "y"))[::2], "run directory not found")
-    assert_one_line_error(*run_main(capsys, "generate", "--prompt", "hi", "--max-new-tokens", "0")[::2], "--max-new-tokens must be positive")
+    assert_one_line_error(
+        *run_main(capsys, "generate", "--adapter", str(tmp_path), "--prompt", "hi")[::2], "not an llm-tuning run directory"
+    )
+    assert_one_line_error(
+        *run_main(capsys, "merge", "--adapter", str(tmp_path / "x"), "--output", str(tmp_path / "y"))[::2],
+        "run directory not found",
+    )
+    assert_one_line_error(
+        *run_main(capsys, "generate", "--prompt", "hi", "--max-new-tokens", "0")[::2], "--max-new-tokens must be positive"
+    )
 
 
 def test_generate_cli_with_adapter(capsys, trained_run, tmp_path):
     output = tmp_path / "answers.jsonl"
-    code, out, _ = run_main(capsys, "generate", "--adapter", str(trained_run.output_dir), "--prompt", "Who are you?",
-                            "--max-new-tokens", "4", "--output", str(output))
+    code, out, _ = run_main(
+        capsys,
+        "generate",
+        "--adapter",
+        str(trained_run.output_dir),
+        "--prompt",
+        "Who are you?",
+        "--max-new-tokens",
+        "4",
+        "--output",
+        str(output),
+    )
     assert code == 0 and out.startswith("### Who are you?\n")
     assert output.read_text().count("\n") == 1
-    code, _, err = run_main(capsys, "generate", "--adapter", str(trained_run.output_dir), "--prompt", "x", "--output", str(output))
+    code, _, err = run_main(
+        capsys, "generate", "--adapter", str(trained_run.output_dir), "--prompt", "x", "--output", str(output)
+    )
     assert_one_line_error(code, err, "already exists")
 
 
@@ -94,15 +122,20 @@ def test_help_is_complete(capsys, command):
     assert e.value.code == 0
     text = capsys.readouterr().out
     assert f"usage: llm-tuning {command}" in text
-    expected = {"train": ["KEY=VALUE", "config"], "generate": ["--adapter", "--prompts-file", "--sample"],
-                "chat": ["/reset", "--adapter"], "merge": ["--adapter", "--output", "--overwrite"]}[command]
+    expected = {
+        "train": ["KEY=VALUE", "config"],
+        "generate": ["--adapter", "--prompts-file", "--sample"],
+        "chat": ["/reset", "--adapter"],
+        "merge": ["--adapter", "--output", "--overwrite"],
+    }[command]
     for word in expected:
         assert word in text
 
 
 def test_real_process_exit_status_without_traceback(tmp_path):
     """The console entry point, as a user runs it."""
-    result = subprocess.run([sys.executable, "-m", "llm_tuning", "train", str(tmp_path / "missing.yaml")],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "llm_tuning", "train", str(tmp_path / "missing.yaml")], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == EXIT_USER_ERROR
     assert result.stderr.strip().splitlines() == [f"error: config file not found: {tmp_path / 'missing.yaml'}"]

@@ -22,8 +22,16 @@ def test_defaults_follow_peft_for_lora():
 
 def test_yaml_and_overrides_are_typed(tmp_path):
     path = write(tmp_path, "method: {name: lora, r: 8}\ntrain: {max_steps: 60, learning_rate: 2.0e-4}\n")
-    config = load_config(path, ["method.r=16", "train.max_steps=20", "method.target_modules=[q_proj, v_proj]",
-                                "train.learning_rate=1e-3", "train.overwrite=true"])
+    config = load_config(
+        path,
+        [
+            "method.r=16",
+            "train.max_steps=20",
+            "method.target_modules=[q_proj, v_proj]",
+            "train.learning_rate=1e-3",
+            "train.overwrite=true",
+        ],
+    )
     assert config.method.r == 16
     assert config.train.max_steps == 20
     assert config.method.target_modules == ["q_proj", "v_proj"]
@@ -53,7 +61,9 @@ def test_unknown_key_names_file_line_and_suggests(tmp_path):
 
 
 def test_bad_choice_lists_valid_choices(tmp_path):
-    with pytest.raises(UserError, match=r"'train.lr_scheduler' \(override 'train.lr_scheduler=warp'\): 'warp' is not one of: linear, cosine"):
+    with pytest.raises(
+        UserError, match=r"'train.lr_scheduler' \(override 'train.lr_scheduler=warp'\): 'warp' is not one of: linear, cosine"
+    ):
         load_config(None, ["train.lr_scheduler=warp"])
 
 
@@ -69,7 +79,9 @@ def test_out_of_range_and_wrong_type(tmp_path):
 
 
 def test_unknown_method_and_section(tmp_path):
-    with pytest.raises(UserError, match=r"unknown method 'sft'; valid methods: full, freeze, bitfit, prompt, ptuning, prefix, lora, ia3"):
+    with pytest.raises(
+        UserError, match=r"unknown method 'sft'; valid methods: full, freeze, bitfit, prompt, ptuning, prefix, lora, ia3"
+    ):
         load_config(write(tmp_path, "method:\n  name: sft\n"))
     with pytest.raises(UserError, match=r"unknown config section 'optim'.*valid sections: model, method, data, train"):
         load_config(write(tmp_path, "optim:\n  lr: 1\n"))

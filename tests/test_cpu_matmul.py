@@ -3,10 +3,10 @@ loss and gradients match torch's own products to fp32 rounding."""
 
 import pytest
 import torch
-from conftest import assert_only_trainable_tensors_changed, lora_model, run_config, train_capturing_model
 from torch import nn
 from transformers import AutoModelForCausalLM
 
+from conftest import assert_only_trainable_tensors_changed, lora_model, run_config, train_capturing_model
 from llm_tuning import cpu_matmul
 from llm_tuning import loss as loss_module
 from llm_tuning.cpu_matmul import onednn_linear, onednn_linear_forward, use_onednn_matmul, wants_onednn
@@ -42,7 +42,9 @@ def test_same_loss_and_gradients_as_torch_products(tiny_models, architecture):
     loss_plain, grads_plain = loss_and_gradients(plain)
     loss_switched, grads_switched = loss_and_gradients(switched)
     torch.testing.assert_close(loss_switched, loss_plain, atol=1e-5, rtol=1e-5)
-    assert grads_switched.keys() == grads_plain.keys() and len(grads_plain) == 2 * 7 * layers  # lora_A and lora_B on each projection
+    assert (
+        grads_switched.keys() == grads_plain.keys() and len(grads_plain) == 2 * 7 * layers
+    )  # lora_A and lora_B on each projection
     for name in grads_plain:
         torch.testing.assert_close(grads_switched[name], grads_plain[name], atol=1e-5, rtol=1e-4, msg=name)
 
@@ -53,8 +55,9 @@ def chunked_loss_and_gradients(model, chunk_size: int):
     labels = ids.clone()
     labels[:, :5] = IGNORE_INDEX
     causal_lm = model.get_base_model()
-    loss = labelled_loss(causal_lm.get_decoder()(input_ids=ids).last_hidden_state, causal_lm.get_output_embeddings(), labels,
-                         chunk_size=chunk_size)
+    loss = labelled_loss(
+        causal_lm.get_decoder()(input_ids=ids).last_hidden_state, causal_lm.get_output_embeddings(), labels, chunk_size=chunk_size
+    )
     loss.backward()
     return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
@@ -111,10 +114,14 @@ def test_other_inputs_take_torch_path():
 
 
 def test_training_with_onednn_products(tiny_llama, records_path, tmp_path):
-    run = train_capturing_model(run_config(tiny_llama, records_path, tmp_path / "run", train={"max_steps": 8, "logging_steps": 1, "cpu_matmul": "onednn"}))
+    run = train_capturing_model(
+        run_config(tiny_llama, records_path, tmp_path / "run", train={"max_steps": 8, "logging_steps": 1, "cpu_matmul": "onednn"})
+    )
     assert run.summary["onednn_linears"] == 2 * 7 + 1
     losses = [e["loss"] for e in run.summary["loss_history"]]
     assert losses[-1] < losses[0]
     assert_only_trainable_tensors_changed(run)
     # after training the model is back on torch's products: no linear keeps oneDNN's forward
-    assert not any(getattr(module.__dict__.get("forward"), "func", None) is onednn_linear_forward for module in run.model.modules())
+    assert not any(
+        getattr(module.__dict__.get("forward"), "func", None) is onednn_linear_forward for module in run.model.modules()
+    )

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from conftest import qwen_tokenizer_dir
 from transformers import AutoTokenizer, DataCollatorForSeq2Seq
 
+from conftest import qwen_tokenizer_dir
 from llm_tuning.data.encode import IGNORE_INDEX, encode_example, encode_examples
 from llm_tuning.data.records import Example, user_message
 from llm_tuning.data.templates import PLAIN, get_template, resolve_template_name

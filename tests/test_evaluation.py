@@ -9,7 +9,9 @@ from llm_tuning.evaluation import text_metrics
 
 
 def test_identical_answers_score_100_and_unrelated_ones_0():
-    same = text_metrics(["我是小调，一个助手。", "Four apples and two pears."], ["我是小调，一个助手。", "Four apples and two pears."])
+    same = text_metrics(
+        ["我是小调，一个助手。", "Four apples and two pears."], ["我是小调，一个助手。", "Four apples and two pears."]
+    )
     assert same == {"bleu4": 100.0, "rouge1": 100.0, "rouge2": 100.0, "rougeL": 100.0, "exact_match": 100.0}
     unrelated = text_metrics(["天气很好"], ["Four apples."])
     assert unrelated["rouge1"] == 0.0 and unrelated["exact_match"] == 0.0 and unrelated["bleu4"] < 1.0
@@ -22,8 +24,25 @@ def test_partial_overlap_is_between():
 
 def test_eval_writes_predictions_and_metrics_and_the_run_beats_its_base(trained_run, records_path, tmp_path, capsys):
     out = tmp_path / "eval"
-    assert main(["eval", "--adapter", str(trained_run.output_dir), "--data", str(records_path), "--output", str(out),
-                 "--limit", "3", "--compare-base", "--max-new-tokens", "8"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--adapter",
+                str(trained_run.output_dir),
+                "--data",
+                str(records_path),
+                "--output",
+                str(out),
+                "--limit",
+                "3",
+                "--compare-base",
+                "--max-new-tokens",
+                "8",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) >= {"bleu4", "rouge1", "rouge2", "rougeL", "exact_match", "loss", "count", "base"}
     assert metrics["count"] == 3

@@ -23,6 +23,15 @@ def test_example_trains_a_few_steps(path, tiny_models, records_path, tmp_path, m
     config = load_config(path)
     assert Path(config.data.path).is_file()
     architecture = "bloom" if config.method.name == "bitfit" else "llama"  # BitFit needs biases
-    summary = train(load_config(path, [f"model.path={tiny_models[architecture]}", f"data.path={records_path}",
-                                       f"train.output_dir={tmp_path / 'run'}", "train.max_steps=2"]))
+    summary = train(
+        load_config(
+            path,
+            [
+                f"model.path={tiny_models[architecture]}",
+                f"data.path={records_path}",
+                f"train.output_dir={tmp_path / 'run'}",
+                "train.max_steps=2",
+            ],
+        )
+    )
     assert summary["status"] == "completed" and summary["steps"] == 2

@@ -1,11 +1,11 @@
 import pytest
 import torch
-from test_infer import logits
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llm_tuning import merge
 from llm_tuning.data.templates import PLAIN
 from llm_tuning.errors import UserError
+from test_infer import logits
 
 
 def test_merged_model_matches_adapter_and_loads_without_llm_tuning(trained_run, tmp_path):
@@ -39,8 +39,17 @@ def test_merge_never_clobbers(trained_run, tmp_path):
         merge(tmp_path / "nothing", tmp_path / "out")
 
 
-@pytest.mark.parametrize("case, architecture", [("ia3", "llama"), ("ia3", "bloom"), ("lora_dora_rslora", "llama"),
-                                                ("full", "llama"), ("freeze", "bloom"), ("bitfit", "bloom")])
+@pytest.mark.parametrize(
+    "case, architecture",
+    [
+        ("ia3", "llama"),
+        ("ia3", "bloom"),
+        ("lora_dora_rslora", "llama"),
+        ("full", "llama"),
+        ("freeze", "bloom"),
+        ("bitfit", "bloom"),
+    ],
+)
 def test_merge_of_every_mergeable_method_matches(method_run, case, architecture, tmp_path):
     run = method_run(case, architecture)
     merged = AutoModelForCausalLM.from_pretrained(merge(run.output_dir, tmp_path / "merged"), dtype=torch.float32).eval()
@@ -50,6 +59,9 @@ def test_merge_of_every_mergeable_method_matches(method_run, case, architecture,
 @pytest.mark.parametrize("case", ["prompt", "ptuning_mlp", "prefix"])
 def test_merge_of_prompt_methods_is_refused_with_the_reason(method_run, case, tmp_path):
     run = method_run(case, "llama")
-    with pytest.raises(UserError, match=r"cannot be merged: its (virtual tokens|prefixes) are extra .*nothing to fold into the weights; serve it with --adapter"):
+    with pytest.raises(
+        UserError,
+        match=r"cannot be merged: its (virtual tokens|prefixes) are extra .*nothing to fold into the weights; serve it with --adapter",
+    ):
         merge(run.output_dir, tmp_path / "merged")
     assert not (tmp_path / "merged").exists()

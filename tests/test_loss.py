@@ -24,7 +24,9 @@ def grads(model) -> dict:
 @pytest.mark.parametrize("architecture", ["llama", "bloom"])
 @pytest.mark.parametrize("chunk_size", [4, 1024])
 def test_same_loss_and_gradients_as_full_logits(tiny_models, architecture, chunk_size):
-    model = AutoModelForCausalLM.from_pretrained(tiny_models[architecture], dtype=torch.float32)  # everything trains, tied head too
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_models[architecture], dtype=torch.float32
+    )  # everything trains, tied head too
     input_ids, labels = batch_with_prompts(model.config.vocab_size)
     items = int((labels[:, 1:] != IGNORE_INDEX).sum()) + 5  # as Trainer passes it under gradient accumulation
 

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-from conftest import LLAMA_7B, F, H, L, V
 
+from conftest import LLAMA_7B, F, H, L, V
 from llm_tuning.cli import main, parse_size
 from llm_tuning.errors import UserError
 from llm_tuning.memory import CPU_ALLOCATOR_FACTORS, FOUR_BIT_BYTES, cpu_malloc, estimate
@@ -16,6 +16,7 @@ def components(folder, *overrides, device="cpu"):
 
 def test_tcmalloc_runs_are_estimated_with_their_own_measured_figures(shapes):
     """tcmalloc reuses freed blocks: a smaller baseline and allocator factor than glibc's (memory.py)."""
+
     def estimated(allocator):
         return estimate(None, [f"model.path={shapes['llama2-7b']}"], allocator=allocator)["components"]
 
@@ -23,8 +24,9 @@ def test_tcmalloc_runs_are_estimated_with_their_own_measured_figures(shapes):
     assert (glibc["overhead"], tcmalloc["overhead"]) == (730 * 2**20, 620 * 2**20)
     assert tcmalloc["activations"] == pytest.approx(glibc["activations"] * 1.5 / 1.6, rel=1e-9)
     assert estimated("jemalloc") == glibc  # unmeasured mallocs get glibc's figures
-    assert {k: v for k, v in tcmalloc.items() if k not in ("overhead", "activations")} == \
-        {k: v for k, v in glibc.items() if k not in ("overhead", "activations")}
+    assert {k: v for k, v in tcmalloc.items() if k not in ("overhead", "activations")} == {
+        k: v for k, v in glibc.items() if k not in ("overhead", "activations")
+    }
 
 
 def test_components_add_up(shapes):
@@ -57,7 +59,9 @@ def test_chunked_loss_holds_logits_for_one_chunk(shapes):
     def logits(*overrides):
         return components(shapes["llama2-7b"], "train.loss_chunk_size=256", *overrides)["components"]["logits"]
 
-    assert logits("train.batch_size=8", "data.max_length=1024") == logits("train.batch_size=1", "data.max_length=512") == 256 * V * 4
+    assert (
+        logits("train.batch_size=8", "data.max_length=1024") == logits("train.batch_size=1", "data.max_length=512") == 256 * V * 4
+    )
     assert logits("train.batch_size=1", "data.max_length=128") == 128 * V * 4  # fewer positions than a chunk
     # prompt tuning runs through peft's forward, which computes the full logits
     assert logits("method.name=prompt", "train.batch_size=1", "data.max_length=512") == pytest.approx(3.5 * (512 + 20) * V * 4)
@@ -65,33 +69,45 @@ def test_chunked_loss_holds_logits_for_one_chunk(shapes):
 
 def test_lean_activations_drop_one_intermediate_per_layer_and_token(shapes):
     def activations(lean):
-        return components(shapes["llama2-7b"], "data.max_length=512", "train.batch_size=1", f"train.lean_activations={lean}")["components"]["activations"]
+        return components(shapes["llama2-7b"], "data.max_length=512", "train.batch_size=1", f"train.lean_activations={lean}")[
+            "components"
+        ]["activations"]
 
-    assert activations("false") - activations("true") == pytest.approx(L * 512 * F * 4 * CPU_ALLOCATOR_FACTORS[cpu_malloc()], rel=1e-6)
+    assert activations("false") - activations("true") == pytest.approx(
+        L * 512 * F * 4 * CPU_ALLOCATOR_FACTORS[cpu_malloc()], rel=1e-6
+    )
 
 
 def test_checkpointing_keeps_one_hidden_state_per_layer(shapes):
     plain = components(shapes["llama2-7b"], "data.max_length=512")["components"]["activations"]
-    checkpointed = components(shapes["llama2-7b"], "data.max_length=512", "train.gradient_checkpointing=true")["components"]["activations"]
+    checkpointed = components(shapes["llama2-7b"], "data.max_length=512", "train.gradient_checkpointing=true")["components"][
+        "activations"
+    ]
     assert checkpointed < plain / 5
     assert checkpointed > 32 * 4 * 512 * H * 4  # at least one hidden state per layer and token
 
 
 def test_each_trained_projection_adds_its_own_input(shapes):
     def activations(*overrides):
-        return components(shapes["llama2-7b"], "train.batch_size=1", "data.max_length=512", *overrides)["components"]["activations"]
+        return components(shapes["llama2-7b"], "train.batch_size=1", "data.max_length=512", *overrides)["components"][
+            "activations"
+        ]
 
     per_value = 512 * L * 4 * CPU_ALLOCATOR_FACTORS[cpu_malloc()]  # tokens x layers x fp32 x the CPU allocator factor
     q_v = activations("method.target_modules=[q_proj, v_proj]")
     assert activations("method.target_modules=[q_proj]") == q_v  # q, k and v share one input
     assert activations("method.target_modules=[k_proj, o_proj]") == q_v  # attention keeps its output anyway
-    assert activations("method.target_modules=[q_proj, v_proj, gate_proj, up_proj]") == pytest.approx(q_v + H * per_value, rel=1e-6)
+    assert activations("method.target_modules=[q_proj, v_proj, gate_proj, up_proj]") == pytest.approx(
+        q_v + H * per_value, rel=1e-6
+    )
     assert activations("method.target_modules=[q_proj, v_proj, down_proj]") == pytest.approx(q_v + F * per_value, rel=1e-6)
 
 
 def test_int8_matmul_keeps_its_inputs_through_checkpointing(shapes):
     def activations(*overrides):
-        return components(shapes["llama2-7b"], "data.max_length=512", "train.gradient_checkpointing=true", *overrides)["components"]["activations"]
+        return components(shapes["llama2-7b"], "data.max_length=512", "train.gradient_checkpointing=true", *overrides)[
+            "components"
+        ]["activations"]
 
     # bitsandbytes' CPU 8-bit matmul holds each linear layer's input outside autograd's saved tensors
     held = 4 * 512 * L * 4 * CPU_ALLOCATOR_FACTORS[cpu_malloc()] * (3 * H + F)
@@ -117,8 +133,22 @@ def test_gpu_adds_context_and_allocator_slack(shapes):
 
 
 def test_budget_proposes_the_largest_batch_that_fits(shapes, capsys):
-    assert main(["estimate", f"model.path={shapes['llama2-7b']}", "train.batch_size=8", "data.max_length=1024",
-                 "--device", "cuda", "--budget", "24GiB", "--json"]) == 0
+    assert (
+        main(
+            [
+                "estimate",
+                f"model.path={shapes['llama2-7b']}",
+                "train.batch_size=8",
+                "data.max_length=1024",
+                "--device",
+                "cuda",
+                "--budget",
+                "24GiB",
+                "--json",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     proposal = report["proposal"]
     assert report["total_bytes"] > 24 * 2**30 >= proposal["total_bytes"]
@@ -134,12 +164,13 @@ def test_sizes_and_bad_sizes():
 
 def test_train_refuses_a_run_that_cannot_fit_and_names_what_would(tiny_llama, records_path, tmp_path, monkeypatch):
     from conftest import run_config
-
     from llm_tuning import memory, train
 
     needed = estimate(run_config(tiny_llama, records_path, tmp_path / "run"))["total_bytes"]
     monkeypatch.setattr(memory, "available_bytes", lambda device: needed - 1)
-    with pytest.raises(UserError, match=r"this run needs about .* GiB \(cpu\) but .* GiB is free; it would fit with .*train.batch_size=\d"):
+    with pytest.raises(
+        UserError, match=r"this run needs about .* GiB \(cpu\) but .* GiB is free; it would fit with .*train.batch_size=\d"
+    ):
         train(run_config(tiny_llama, records_path, tmp_path / "run"))
     assert not (tmp_path / "run").exists()
     summary = train(run_config(tiny_llama, records_path, tmp_path / "run", train={"check_memory": False, "max_steps": 1}))

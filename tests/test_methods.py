@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from conftest import METHOD_CASES, assert_only_trainable_tensors_changed, run_config
 from peft import PrefixTuningConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
+from conftest import METHOD_CASES, assert_only_trainable_tensors_changed, run_config
 from llm_tuning import train
 from llm_tuning.config import load_config
 from llm_tuning.errors import UserError
@@ -38,8 +38,9 @@ def test_method_reloads_to_identical_logits_and_serves(method_run, case, archite
     # Within float rounding: for P-tuning peft saves the encoder's output, which the reloaded model looks up
     # where the trained one computed it (the other methods reload bit for bit).
     torch.testing.assert_close(logits(session.model), logits(run.model), atol=1e-5, rtol=0)
-    answers = session.generate([[{"role": "user", "content": "Who are you?"}], [{"role": "user", "content": "hi"}]],
-                               GenerationOptions(max_new_tokens=3))
+    answers = session.generate(
+        [[{"role": "user", "content": "Who are you?"}], [{"role": "user", "content": "hi"}]], GenerationOptions(max_new_tokens=3)
+    )
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
 
 
@@ -81,8 +82,15 @@ def test_bad_method_options_are_one_line_errors(tiny_llama, records_path, tmp_pa
 def test_prefix_tuning_under_checkpointing_gives_the_same_loss_and_gradients(tiny_models, architecture, projection):
     """transformers 5 drops the prefix cache in checkpointed layers (peft + checkpointing fails with a size
     mismatch); with our fix the checkpointed run equals the plain one."""
-    options = load_config(None, ["method.name=prefix", "method.num_virtual_tokens=5", f"method.prefix_projection={str(projection).lower()}",
-                                 "method.encoder_hidden_size=16"]).method
+    options = load_config(
+        None,
+        [
+            "method.name=prefix",
+            "method.num_virtual_tokens=5",
+            f"method.prefix_projection={str(projection).lower()}",
+            "method.encoder_hidden_size=16",
+        ],
+    ).method
 
     def loss_and_grads(checkpointing: bool, fixed: bool = True):
         model = AutoModelForCausalLM.from_pretrained(tiny_models[architecture], dtype=torch.float32)
@@ -90,8 +98,12 @@ def test_prefix_tuning_under_checkpointing_gives_the_same_loss_and_gradients(tin
         if fixed:
             model = get_method("prefix").apply(model, options)
         else:  # peft alone
-            model = get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5,
-                                                             prefix_projection=projection, encoder_hidden_size=16))
+            model = get_peft_model(
+                model,
+                PrefixTuningConfig(
+                    task_type="CAUSAL_LM", num_virtual_tokens=5, prefix_projection=projection, encoder_hidden_size=16
+                ),
+            )
         if checkpointing:
             model.get_base_model().activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.train()
@@ -113,11 +125,14 @@ def test_prefix_tuning_trains_with_checkpointing_end_to_end(method_run):
     plain = method_run("prefix", "bloom")
     checkpointed = method_run("prefix", "bloom", gradient_checkpointing=True)
     assert [e["loss"] for e in checkpointed.summary["loss_history"]] == pytest.approx(
-        [e["loss"] for e in plain.summary["loss_history"]], abs=1e-5)
+        [e["loss"] for e in plain.summary["loss_history"]], abs=1e-5
+    )
 
 
 def test_prefix_with_reentrant_checkpointing_is_refused(tiny_llama, records_path, tmp_path):
-    config = run_config(tiny_llama, records_path, tmp_path / "run", train={"gradient_checkpointing": True, "checkpointing_reentrant": True})
+    config = run_config(
+        tiny_llama, records_path, tmp_path / "run", train={"gradient_checkpointing": True, "checkpointing_reentrant": True}
+    )
     config["method"] = {"name": "prefix"}
     with pytest.raises(UserError, match="does not work with reentrant checkpointing; set train.checkpointing_reentrant=false"):
         train(config)
@@ -125,8 +140,12 @@ def test_prefix_with_reentrant_checkpointing_is_refused(tiny_llama, records_path
 
 def test_lora_with_reentrant_checkpointing_trains(tiny_llama, records_path, tmp_path):
     # Reentrant checkpointing with frozen embeddings needs input gradients, which train() enables.
-    config = run_config(tiny_llama, records_path, tmp_path / "run",
-                        train={"max_steps": 6, "logging_steps": 1, "gradient_checkpointing": True, "checkpointing_reentrant": True})
+    config = run_config(
+        tiny_llama,
+        records_path,
+        tmp_path / "run",
+        train={"max_steps": 6, "logging_steps": 1, "gradient_checkpointing": True, "checkpointing_reentrant": True},
+    )
     losses = [e["loss"] for e in train(config)["loss_history"]]
     assert losses[-1] < losses[0]
 
@@ -136,5 +155,7 @@ def test_chat_serves_every_kind_of_method(method_run, case, capsys):
     from llm_tuning import chat
 
     lines = iter(["hello", "and again", "/exit"])
-    chat(adapter=method_run(case, "llama").output_dir, options=GenerationOptions(max_new_tokens=3), read=lambda prompt: next(lines))
+    chat(
+        adapter=method_run(case, "llama").output_dir, options=GenerationOptions(max_new_tokens=3), read=lambda prompt: next(lines)
+    )
     assert capsys.readouterr().out.count("assistant> ") == 2

@@ -24,7 +24,10 @@ def test_hub_load_failure_is_a_clear_error(monkeypatch):
         raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.\nCheck your connection.")
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", offline)
-    with pytest.raises(UserError, match=r"could not load model 'someone/some-model' from the Hugging Face hub \(We couldn't connect.*\); offline\?"):
+    with pytest.raises(
+        UserError,
+        match=r"could not load model 'someone/some-model' from the Hugging Face hub \(We couldn't connect.*\); offline\?",
+    ):
         load_model(ModelConfig(path="someone/some-model"), "someone/some-model")
 
 

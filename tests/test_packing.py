@@ -6,7 +6,14 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from llm_tuning.data.encode import IGNORE_INDEX
-from llm_tuning.data.packing import PACKED_ATTENTION, PackedCollator, pack_rows, packing_unsupported_reason, segment_lengths, use_packed_attention
+from llm_tuning.data.packing import (
+    PACKED_ATTENTION,
+    PackedCollator,
+    pack_rows,
+    packing_unsupported_reason,
+    segment_lengths,
+    use_packed_attention,
+)
 
 
 def random_samples(count: int, vocab: int, seed: int = 0) -> list[dict]:
@@ -24,7 +31,7 @@ def test_rows_hold_every_sample_once_within_max_length():
     samples = random_samples(40, 1000)
     rows = pack_rows(samples, max_length=64)
     assert all(len(row["input_ids"]) <= 64 for row in rows)
-    packed = sorted(tuple(row["input_ids"][start:start + n]) for row in rows for start, n in zip(_starts(row), row["lengths"]))
+    packed = sorted(tuple(row["input_ids"][start : start + n]) for row in rows for start, n in zip(_starts(row), row["lengths"]))
     assert packed == sorted(tuple(s["input_ids"]) for s in samples)
     assert len(rows) <= -(-sum(len(s["input_ids"]) for s in samples) // 64) + 1  # first-fit decreasing fills rows
     for row in rows:
@@ -69,7 +76,7 @@ def test_packed_and_unpacked_samples_have_the_same_loss(tiny_models, architectur
         packed = {}
         for r, row in enumerate(rows):
             for start, n in zip(_starts(row), row["lengths"]):
-                ids = tuple(row["input_ids"][start:start + n])
+                ids = tuple(row["input_ids"][start : start + n])
                 span = slice(start, start + n - 1)
                 packed[ids] = losses[r, span][labelled[r, span]].mean().item()
         for sample in samples:
@@ -127,7 +134,10 @@ def test_per_sample_attention_gives_the_mask_paths_gradients(tiny_models):
 
 def test_per_sample_attention_keeps_padding_masks_for_unpacked_batches(tiny_llama):
     """The switched model still honours an attention mask (unpacked, padded batches) exactly as sdpa does."""
-    batch = {"input_ids": torch.tensor([[5, 6, 7, 8, 9], [10, 11, 12, 0, 0]]), "attention_mask": torch.tensor([[1] * 5, [1, 1, 1, 0, 0]])}
+    batch = {
+        "input_ids": torch.tensor([[5, 6, 7, 8, 9], [10, 11, 12, 0, 0]]),
+        "attention_mask": torch.tensor([[1] * 5, [1, 1, 1, 0, 0]]),
+    }
     plain, switched = load(tiny_llama, False), load(tiny_llama, True)
     assert switched.config._attn_implementation == PACKED_ATTENTION
     with torch.no_grad():

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-from conftest import BH, BL, BLOOM_LAYER_BIASES, LLAMA_7B, LLAMA_LAYER, F, H, L, V
 
+from conftest import BH, BL, BLOOM_LAYER_BIASES, LLAMA_7B, LLAMA_LAYER, F, H, L, V
 from llm_tuning.cli import main
 from llm_tuning.errors import UserError
 from llm_tuning.params import plan
@@ -30,15 +30,33 @@ def test_known_answers(shapes):
         (["method.name=freeze", "method.trainable_layers=1", "method.train_lm_head=true"], LLAMA_LAYER + V * H + H, 0),
         (["method.name=freeze", "method.trainable_layers=null", "method.trainable_modules=[mlp]"], L * 3 * H * F, 0),
         (["method.name=prompt", "method.num_virtual_tokens=20"], 20 * H, 20 * H),
-        (["method.name=ptuning", "method.num_virtual_tokens=20", "method.encoder_hidden_size=512"],
-         20 * H + (H * 512 + 512) + (512 * 512 + 512) + (512 * H + H), None),
+        (
+            ["method.name=ptuning", "method.num_virtual_tokens=20", "method.encoder_hidden_size=512"],
+            20 * H + (H * 512 + 512) + (512 * 512 + 512) + (512 * H + H),
+            None,
+        ),
         (["method.name=prefix", "method.num_virtual_tokens=20"], 20 * L * 2 * H, 20 * L * 2 * H),
-        (["method.name=prefix", "method.num_virtual_tokens=20", "method.prefix_projection=true", "method.encoder_hidden_size=512"],
-         20 * H + (H * 512 + 512) + (512 * 2 * L * H + 2 * L * H), None),
-        (["method.name=lora", "method.r=16", "method.target_modules=all-linear"],
-         L * 16 * (4 * (H + H) + 2 * (H + F) + (F + H)), None),
+        (
+            [
+                "method.name=prefix",
+                "method.num_virtual_tokens=20",
+                "method.prefix_projection=true",
+                "method.encoder_hidden_size=512",
+            ],
+            20 * H + (H * 512 + 512) + (512 * 2 * L * H + 2 * L * H),
+            None,
+        ),
+        (
+            ["method.name=lora", "method.r=16", "method.target_modules=all-linear"],
+            L * 16 * (4 * (H + H) + 2 * (H + F) + (F + H)),
+            None,
+        ),
         (["method.name=lora", r"method.target_modules=.*\.(q|k)_proj"], L * 2 * 8 * (H + H), None),
-        (["method.name=lora", "method.target_modules=[q_proj, k_proj]", "method.layers_to_transform=[0, 1]"], 2 * 2 * 8 * (H + H), None),
+        (
+            ["method.name=lora", "method.target_modules=[q_proj, k_proj]", "method.layers_to_transform=[0, 1]"],
+            2 * 2 * 8 * (H + H),
+            None,
+        ),
         (["method.name=ia3"], L * (H + H + F), None),  # k_proj and v_proj outputs, down_proj input
         # modules_to_save trains (and adds) a full copy of the head beside the default LoRA
         (["method.name=lora", "method.modules_to_save=[lm_head]"], L * 2 * 8 * (H + H) + V * H, L * 2 * 8 * (H + H) + V * H),
@@ -79,8 +97,16 @@ def test_cli_prints_peft_line_and_breakdown(shapes, capsys):
     assert main(["params", "--json", str(_empty_config(shapes)), f"model.path={shapes['bloom-1b4']}"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["modules"] == [
-        {"name": "base_model.model.transformer.h.*.self_attention.query_key_value.lora_A.default.weight", "tensors": 24, "params": 24 * 8 * BH},
-        {"name": "base_model.model.transformer.h.*.self_attention.query_key_value.lora_B.default.weight", "tensors": 24, "params": 24 * 3 * BH * 8},
+        {
+            "name": "base_model.model.transformer.h.*.self_attention.query_key_value.lora_A.default.weight",
+            "tensors": 24,
+            "params": 24 * 8 * BH,
+        },
+        {
+            "name": "base_model.model.transformer.h.*.self_attention.query_key_value.lora_B.default.weight",
+            "tensors": 24,
+            "params": 24 * 3 * BH * 8,
+        },
     ]
     assert main(["params", f"model.path={shapes['llama2-7b']}"]) == 0  # no config file: defaults plus overrides
     out = capsys.readouterr().out

@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
-from conftest import add_trainer_callback, run_config, train_capturing_model
 from safetensors.torch import load_file
 
 import llm_tuning.training as training
+from conftest import add_trainer_callback, run_config, train_capturing_model
 from llm_tuning import train
 from llm_tuning.errors import UserError
 
@@ -21,8 +21,9 @@ def test_fp16_mixed_precision_on_a_cpu_is_an_error(tiny_llama, records_path, tmp
 
 
 def test_bf16_mixed_precision_trains(tiny_llama, records_path, tmp_path):
-    run = train_capturing_model(run_config(tiny_llama, records_path, tmp_path / "run",
-                                           train={"precision": "bf16", "max_steps": 8, "logging_steps": 1}))
+    run = train_capturing_model(
+        run_config(tiny_llama, records_path, tmp_path / "run", train={"precision": "bf16", "max_steps": 8, "logging_steps": 1})
+    )
     losses = [e["loss"] for e in run.summary["loss_history"]]
     assert losses[-1] < losses[0]
     assert all(p.dtype == torch.float32 for p in run.model.parameters())  # autocast: weights stay fp32
@@ -30,8 +31,13 @@ def test_bf16_mixed_precision_trains(tiny_llama, records_path, tmp_path):
 
 @pytest.mark.parametrize("method", [{"name": "lora"}, {"name": "freeze", "trainable_layers": 1}])
 def test_half_precision_base_trains_fp32_weights(tiny_llama, records_path, tmp_path, method):
-    config = run_config(tiny_llama, records_path, tmp_path / "run", model={"dtype": "bfloat16"},
-                        train={"precision": "bf16", "max_steps": 8, "logging_steps": 1})
+    config = run_config(
+        tiny_llama,
+        records_path,
+        tmp_path / "run",
+        model={"dtype": "bfloat16"},
+        train={"precision": "bf16", "max_steps": 8, "logging_steps": 1},
+    )
     config["method"] = method
     run = train_capturing_model(config)
     trained = [p for p in run.model.parameters() if p.requires_grad]
@@ -44,9 +50,15 @@ def test_half_precision_base_trains_fp32_weights(tiny_llama, records_path, tmp_p
 
 
 def test_fp16_trained_parameters_get_a_safe_adam_epsilon(tiny_llama, records_path, tmp_path):
-    run = train_capturing_model(run_config(tiny_llama, records_path, tmp_path / "run", model={"dtype": "float16"},
-                                           train={"keep_trainable_fp32": False, "max_steps": 4, "logging_steps": 1,
-                                                  "learning_rate": 1e-3}))
+    run = train_capturing_model(
+        run_config(
+            tiny_llama,
+            records_path,
+            tmp_path / "run",
+            model={"dtype": "float16"},
+            train={"keep_trainable_fp32": False, "max_steps": 4, "logging_steps": 1, "learning_rate": 1e-3},
+        )
+    )
     assert torch.finfo(torch.float16).tiny > 1e-8 and torch.tensor(1e-8, dtype=torch.float16) == 0  # why
     assert run.summary["adam_epsilon"] == pytest.approx(1e-4)
     assert any("raised train.adam_epsilon from 1e-08 to 0.0001" in a for a in run.summary["adjustments"])
@@ -73,8 +85,11 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_llama,
     add_trainer_callback(monkeypatch, ForceNaN())
     out = tmp_path / "run"
     config = run_config(tiny_llama, records_path, out, train={"max_steps": 20, "save_steps": 1, "save_total_limit": None})
-    with pytest.raises(UserError, match=r"training diverged at step 3: trained parameters became NaN .*learning rate 0.01.*"
-                                        r"the last good checkpoint is .*checkpoint-2\. Try a lower train.learning_rate"):
+    with pytest.raises(
+        UserError,
+        match=r"training diverged at step 3: trained parameters became NaN .*learning rate 0.01.*"
+        r"the last good checkpoint is .*checkpoint-2\. Try a lower train.learning_rate",
+    ):
         train(config)
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["status"] == "diverged" and summary["steps"] == 3 and "diverged at step 3" in summary["diagnosis"]
@@ -86,8 +101,14 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_llama,
 
 @pytest.mark.parametrize("optimizer", ["adafactor", "adamw_8bit"])
 def test_optimizers_train(tiny_llama, records_path, tmp_path, optimizer):
-    summary = train(run_config(tiny_llama, records_path, tmp_path / "run", train={"optimizer": optimizer, "max_steps": 6,
-                                                                               "logging_steps": 1, "learning_rate": 1e-2}))
+    summary = train(
+        run_config(
+            tiny_llama,
+            records_path,
+            tmp_path / "run",
+            train={"optimizer": optimizer, "max_steps": 6, "logging_steps": 1, "learning_rate": 1e-2},
+        )
+    )
     assert summary["optimizer"] == optimizer
     assert summary["loss_history"][-1]["loss"] < summary["loss_history"][0]["loss"]
 

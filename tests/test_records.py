@@ -30,10 +30,24 @@ def test_every_file_format_reads_the_same_records(tmp_path):
 
 
 def test_sharegpt_and_messages_are_multi_turn_with_a_system_prompt(tmp_path):
-    sharegpt = {"system": "Be brief.", "conversations": [
-        {"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}, {"from": "human", "value": "2+2?"}, {"from": "gpt", "value": "4"}]}
-    messages = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
-                             {"role": "assistant", "content": "hello"}, {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}
+    sharegpt = {
+        "system": "Be brief.",
+        "conversations": [
+            {"from": "human", "value": "hi"},
+            {"from": "gpt", "value": "hello"},
+            {"from": "human", "value": "2+2?"},
+            {"from": "gpt", "value": "4"},
+        ],
+    }
+    messages = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"},
+        ]
+    }
     (tmp_path / "chats.jsonl").write_text(json.dumps(sharegpt) + "\n" + json.dumps(messages) + "\n")
     result = read_examples(tmp_path / "chats.jsonl")
     expected = (("user", "hi"), ("assistant", "hello"), ("user", "2+2?"), ("assistant", "4"))
@@ -46,7 +60,10 @@ def test_columns_map_other_field_names_and_several_paths_concatenate(tmp_path):
     (tmp_path / "b.json").write_text(json.dumps([{"context": "s", "target": "t"}]))
     result = read_examples([tmp_path / "a.jsonl", tmp_path / "b.json"], columns={"instruction": "context", "output": "target"})
     assert turns(result) == [(("user", "q"), ("assistant", "r")), (("user", "s"), ("assistant", "t"))]
-    with pytest.raises(UserError, match=r"a.jsonl:1: missing field 'instruction' \(fields present: context, target; map other names with data.columns\)"):
+    with pytest.raises(
+        UserError,
+        match=r"a.jsonl:1: missing field 'instruction' \(fields present: context, target; map other names with data.columns\)",
+    ):
         read_examples(tmp_path / "a.jsonl")
 
 
@@ -73,7 +90,10 @@ def test_bad_records_name_file_and_line(tmp_path, line, message):
 def test_skip_invalid_skips_and_counts_every_kind_of_bad_record(tmp_path):
     path = tmp_path / "x.jsonl"
     good = '{"instruction": "ok", "output": "ok"}'
-    path.write_bytes(("\n".join([good] + [line for line, _ in BAD_LINES] + [good]) + "\n").encode() + b'{"instruction": "\xff", "output": "b"}\n')
+    path.write_bytes(
+        ("\n".join([good] + [line for line, _ in BAD_LINES] + [good]) + "\n").encode()
+        + b'{"instruction": "\xff", "output": "b"}\n'
+    )
     result = read_examples(path, skip_invalid=True)
     assert len(result.examples) == 2
     assert len(result.skipped) == len(BAD_LINES) + 1

@@ -2,17 +2,21 @@
 Llama-2 EOS trap with a sentencepiece tokenizer built here."""
 
 import pytest
-from conftest import qwen_tokenizer_dir
 from transformers import AutoTokenizer
 
+from conftest import qwen_tokenizer_dir
 from llm_tuning.data.encode import IGNORE_INDEX, encode_example
 from llm_tuning.data.records import Example
 from llm_tuning.data.templates import get_template, resolve_template_name
 from llm_tuning.errors import UserError
 
 CONVERSATION = Example(
-    messages=({"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-              {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}),
+    messages=(
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"},
+    ),
     where="test",
 )
 
@@ -20,7 +24,9 @@ CONVERSATION = Example(
 @pytest.fixture(scope="module")
 def qwen():
     tokenizer = AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]})
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]}
+    )
     return tokenizer
 
 
@@ -42,8 +48,10 @@ def trained_and_masked(tokenizer, sample) -> tuple[list[str], str]:
 def test_chatml_trains_every_assistant_turn_and_masks_the_rest(qwen):
     sample = encode_example(CONVERSATION, get_template("chatml", qwen), qwen, 512, system="Be brief.")
     spans, text = trained_and_masked(qwen, sample)
-    assert text == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n"
-                    "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>")
+    assert text == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n"
+        "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>"
+    )
     assert spans == ["hello<|im_end|>", "4<|im_end|>"]
 
 
@@ -52,8 +60,19 @@ def test_llama3_format_with_special_tokens_by_id(qwen):
     sample = encode_example(CONVERSATION, template, qwen, 512, system="Be brief.")
     spans, text = trained_and_masked(qwen, sample)
     header = "<|start_header_id|>{}<|end_header_id|>\n\n"
-    assert text == ("<|begin_of_text|>" + header.format("system") + "Be brief.<|eot_id|>" + header.format("user") + "hi<|eot_id|>"
-                    + header.format("assistant") + "hello<|eot_id|>" + header.format("user") + "2+2?<|eot_id|>" + header.format("assistant") + "4<|eot_id|>")
+    assert text == (
+        "<|begin_of_text|>"
+        + header.format("system")
+        + "Be brief.<|eot_id|>"
+        + header.format("user")
+        + "hi<|eot_id|>"
+        + header.format("assistant")
+        + "hello<|eot_id|>"
+        + header.format("user")
+        + "2+2?<|eot_id|>"
+        + header.format("assistant")
+        + "4<|eot_id|>"
+    )
     assert spans == ["hello<|eot_id|>", "4<|eot_id|>"]
     assert sample["input_ids"][0] == qwen.convert_tokens_to_ids("<|begin_of_text|>")
     assert template.stop_ids(qwen) == sorted({qwen.eos_token_id, qwen.convert_tokens_to_ids("<|eot_id|>")})
@@ -83,10 +102,28 @@ def llama2_tokenizer(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("spm")
     corpus = folder / "corpus.txt"
-    corpus.write_text("\n".join(["Who are you? I am TuneBot, a helpful assistant.", "What is two plus two? Four.",
-                                 "[INST] <<SYS>> Be brief. <</SYS>> [/INST]"] * 50))
-    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(folder / "tokenizer"), vocab_size=120, model_type="bpe",
-                                   bos_id=1, eos_id=2, unk_id=0, pad_id=-1, character_coverage=1.0, minloglevel=2)
+    corpus.write_text(
+        "\n".join(
+            [
+                "Who are you? I am TuneBot, a helpful assistant.",
+                "What is two plus two? Four.",
+                "[INST] <<SYS>> Be brief. <</SYS>> [/INST]",
+            ]
+            * 50
+        )
+    )
+    spm.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(folder / "tokenizer"),
+        vocab_size=120,
+        model_type="bpe",
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+        pad_id=-1,
+        character_coverage=1.0,
+        minloglevel=2,
+    )
     settings = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
     (folder / "tokenizer_config.json").write_text(json.dumps(settings))
     return AutoTokenizer.from_pretrained(folder), spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
@@ -97,7 +134,9 @@ def test_llama2_eos_is_the_id_never_the_text(llama2_tokenizer):
     # The trap: a literal "</s>" appended to the text is three ordinary pieces to sentencepiece, not the EOS.
     trap = processor.encode("Four.</s>", out_type=str)
     assert trap[-3:] == ["</", "s", ">"] and tokenizer.eos_token_id not in processor.encode("Four.</s>")
-    example = Example(messages=({"role": "user", "content": "What is two plus two?"}, {"role": "assistant", "content": "Four."}), where="test")
+    example = Example(
+        messages=({"role": "user", "content": "What is two plus two?"}, {"role": "assistant", "content": "Four."}), where="test"
+    )
     sample = encode_example(example, get_template("llama2", tokenizer), tokenizer, 512, system="Be brief.")
     assert sample["input_ids"][0] == tokenizer.bos_token_id
     assert sample["input_ids"][-1] == sample["labels"][-1] == tokenizer.eos_token_id == 2

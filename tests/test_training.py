@@ -3,8 +3,8 @@ import os
 import signal
 
 import pytest
-from conftest import add_trainer_callback, assert_only_trainable_tensors_changed, run_config
 
+from conftest import add_trainer_callback, assert_only_trainable_tensors_changed, run_config
 from llm_tuning import train
 from llm_tuning.errors import UserError
 
@@ -26,8 +26,18 @@ def test_run_outputs_and_summary(trained_run, tiny_llama):
         assert (out / name).is_file(), name
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-20", "checkpoint-30"]  # save_total_limit 2
     summary = json.loads((out / "run_summary.json").read_text())
-    for key in ("config", "trainable_params", "all_params", "loss_history", "train_runtime_s", "train_tokens",
-                "tokens_per_s", "truncated_samples", "adjustments", "peak_memory_bytes"):
+    for key in (
+        "config",
+        "trainable_params",
+        "all_params",
+        "loss_history",
+        "train_runtime_s",
+        "train_tokens",
+        "tokens_per_s",
+        "truncated_samples",
+        "adjustments",
+        "peak_memory_bytes",
+    ):
         assert key in summary, key
     assert summary["status"] == "completed" and summary["steps"] == 30
     assert summary["template"] == "native" and summary["config"]["data"]["template"] == "native"
@@ -143,8 +153,8 @@ def test_bitless_config_errors_before_loading_anything(tmp_path, records_path):
 @pytest.mark.parametrize("architecture", ["llama", "qwen2", "bloom"])
 def test_default_lora_trains_and_reloads_on_every_architecture(tiny_models, records_path, tmp_path, architecture):
     import torch
-    from conftest import train_capturing_model
 
+    from conftest import train_capturing_model
     from llm_tuning.infer import Session
 
     config = run_config(tiny_models[architecture], records_path, tmp_path / "run", train={"max_steps": 8, "logging_steps": 1})
@@ -160,13 +170,22 @@ def test_default_lora_trains_and_reloads_on_every_architecture(tiny_models, reco
 
 def test_several_sources_validation_split_and_skipped_records(tiny_llama, records_path, tmp_path):
     chats = tmp_path / "chats.jsonl"
-    conversation = {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"},
-                                      {"from": "human", "value": "and you?"}, {"from": "gpt", "value": "I am TuneBot."}]}
+    conversation = {
+        "conversations": [
+            {"from": "human", "value": "hi"},
+            {"from": "gpt", "value": "hello"},
+            {"from": "human", "value": "and you?"},
+            {"from": "gpt", "value": "I am TuneBot."},
+        ]
+    }
     chats.write_text(json.dumps(conversation) + "\n" + '{"conversations": []}\n' + json.dumps(conversation) + "\n")
     data = {"path": [str(records_path), str(chats)], "skip_invalid": True, "val_ratio": 0.2, "system": "Be brief."}
     summary = train(run_config(tiny_llama, records_path, tmp_path / "run", data=data, train={"max_steps": 10, "eval_steps": 5}))
     assert summary["samples"] == 5 and summary["validation"]["samples"] == 1  # 6 good examples, 20% held out
-    assert summary["skipped_records"] == 1 and "chats.jsonl:2: 'conversations' must be a non-empty list" in summary["skipped_examples"][0]
+    assert (
+        summary["skipped_records"] == 1
+        and "chats.jsonl:2: 'conversations' must be a non-empty list" in summary["skipped_examples"][0]
+    )
     validation = summary["validation"]
     assert [e["step"] for e in validation["history"]] == [5, 10]
     assert validation["perplexity"] == pytest.approx(__import__("math").exp(validation["loss"]))

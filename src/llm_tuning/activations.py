@@ -32,8 +32,11 @@ def _gelu_tanh_backward(grad, x):
 
 
 # activation module type -> (forward, backward(grad, input)) with the ops autograd itself would use
-ACTIVATIONS = {"SiLU": (F.silu, torch.ops.aten.silu_backward), "SiLUActivation": (F.silu, torch.ops.aten.silu_backward),
-               "GELUTanh": (_gelu_tanh, _gelu_tanh_backward)}
+ACTIVATIONS = {
+    "SiLU": (F.silu, torch.ops.aten.silu_backward),
+    "SiLUActivation": (F.silu, torch.ops.aten.silu_backward),
+    "GELUTanh": (_gelu_tanh, _gelu_tanh_backward),
+}
 
 
 class GatedProduct(torch.autograd.Function):
@@ -116,7 +119,11 @@ def is_gated_mlp(module) -> bool:
     cls = type(module)
     if cls not in _GATED_MLP_CLASSES:
         try:
-            source = inspect.getsource(cls.forward) if all(hasattr(module, a) for a in ("gate_proj", "up_proj", "down_proj", "act_fn")) else ""
+            source = (
+                inspect.getsource(cls.forward)
+                if all(hasattr(module, a) for a in ("gate_proj", "up_proj", "down_proj", "act_fn"))
+                else ""
+            )
         except (OSError, TypeError):
             source = ""
         _GATED_MLP_CLASSES[cls] = GATED_MLP_SOURCE in source

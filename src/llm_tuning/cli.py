@@ -57,8 +57,16 @@ def cmd_eval(args) -> int:
         raise UserError("eval needs --adapter RUN_DIR (a trained run) or a CONFIG (its base model)")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1, got {args.limit}")
-    report = evaluate(args.config, args.data, adapter=args.adapter, output=args.output, limit=args.limit,
-                      compare_base=args.compare_base, overrides=args.overrides, options=_generation_options(args))
+    report = evaluate(
+        args.config,
+        args.data,
+        adapter=args.adapter,
+        output=args.output,
+        limit=args.limit,
+        compare_base=args.compare_base,
+        overrides=args.overrides,
+        options=_generation_options(args),
+    )
     names = ("bleu4", "rouge1", "rouge2", "rougeL", "exact_match", "loss", "perplexity")
     print(f"{'':<6}" + "".join(f"{name:>12}" for name in names))
     for who in ("model", "base"):
@@ -116,7 +124,9 @@ def cmd_estimate(args) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"estimated peak memory of this training run on {args.device} ({report['tokens_per_micro_batch']:,d} tokens per micro-batch):")
+    print(
+        f"estimated peak memory of this training run on {args.device} ({report['tokens_per_micro_batch']:,d} tokens per micro-batch):"
+    )
     for name, size in report["components"].items():
         print(f"  {name:<12} {_gib(size):>10}")
     print(f"  {'total':<12} {_gib(report['total_bytes']):>10}")
@@ -138,19 +148,27 @@ def cmd_inspect(args) -> int:
     report = inspect_data(args.config, args.overrides, samples=args.samples)
     lengths = report.pop("lengths")
     default = Path(args.config).with_suffix(".lengths.png") if args.config else Path("lengths.png")
-    report["histogram"] = str(write_histogram(lengths, report["stats"]["max_length"], free_path(Path(args.histogram) if args.histogram else default)))
+    report["histogram"] = str(
+        write_histogram(lengths, report["stats"]["max_length"], free_path(Path(args.histogram) if args.histogram else default))
+    )
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return 0
     mark = ("\033[32m", "\033[0m") if sys.stdout.isatty() else ("\u27e6", "\u27e7")  # trained text in green, or in ⟦ ⟧
     for number, sample in enumerate(report["samples"]):
         trained = sum(label != -100 for label in sample["labels"])
-        print(f"--- sample {number}: {len(sample['input_ids'])} tokens, {trained} trained{', truncated' if sample['truncated'] else ''} (trained text marked)")
+        print(
+            f"--- sample {number}: {len(sample['input_ids'])} tokens, {trained} trained{', truncated' if sample['truncated'] else ''} (trained text marked)"
+        )
         print("".join(f"{mark[0]}{span['text']}{mark[1]}" if span["trained"] else span["text"] for span in sample["spans"]))
     stats = report["stats"]
-    print(f"--- {stats['count']} samples, template {report['template']}: length mean {stats['mean']}, p50 {stats['p50']}, "
-          f"p95 {stats['p95']}, max {stats['max']} tokens; data.max_length={stats['max_length']} truncates {stats['truncated']}")
-    print(f"recommended data.max_length: {stats['recommended_max_length']} (1.5 x the mean without outliers) or {stats['p95']} (p95)")
+    print(
+        f"--- {stats['count']} samples, template {report['template']}: length mean {stats['mean']}, p50 {stats['p50']}, "
+        f"p95 {stats['p95']}, max {stats['max']} tokens; data.max_length={stats['max_length']} truncates {stats['truncated']}"
+    )
+    print(
+        f"recommended data.max_length: {stats['recommended_max_length']} (1.5 x the mean without outliers) or {stats['p95']} (p95)"
+    )
     for check in report["checks"]:
         print(f"{'ok  ' if check['ok'] else 'WARN'} {check['check']}: {check['detail']}")
     print(f"length histogram: {report['histogram']}")
@@ -230,7 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
         "if needed) that fits, keeping the effective batch through gradient accumulation.",
     )
     _add_config_arguments(p, required=False, note=DEFAULTS_NOTE)
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="whose overhead to add: the CPU process or a CUDA GPU (default cpu)")
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="whose overhead to add: the CPU process or a CUDA GPU (default cpu)",
+    )
     p.add_argument("--budget", metavar="SIZE", help="memory available, e.g. 24GiB: propose settings that fit")
     p.add_argument("--json", action="store_true", help="print total_bytes and components as JSON")
     p.set_defaults(run=cmd_estimate)
@@ -256,7 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_arguments(p)
     p.add_argument("--prompt", action="append", metavar="TEXT", help="a prompt (repeat for several)")
-    p.add_argument("--prompts-file", metavar="FILE", help="prompts: a .txt file (one per line) or .json/.jsonl records with instruction (and input)")
+    p.add_argument(
+        "--prompts-file",
+        metavar="FILE",
+        help="prompts: a .txt file (one per line) or .json/.jsonl records with instruction (and input)",
+    )
     p.add_argument("--output", metavar="FILE", help="also write {prompt, response} lines to this new JSONL file")
     _add_generation_arguments(p)
     p.set_defaults(run=cmd_generate)
@@ -272,7 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="FILE", help="test records (any format train reads)")
     p.add_argument("--output", metavar="DIR", help="where to write predictions.jsonl and metrics.json")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N records")
-    p.add_argument("--compare-base", action="store_true", help="also score the run's base model, without the adapter, on the same prompts")
+    p.add_argument(
+        "--compare-base", action="store_true", help="also score the run's base model, without the adapter, on the same prompts"
+    )
     p.add_argument("--json", action="store_true", help="also print the metrics as JSON")
     _add_generation_arguments(p)
     p.set_defaults(run=cmd_eval)

@@ -32,20 +32,28 @@ def option(default: Any, help: str, choices: tuple = (), min: float | None = Non
 @dataclass
 class ModelConfig:
     path: str = option("smollm2-135m", "Base model: a local Hugging Face folder, a built-in alias (smollm2-135m) or a hub id.")
-    trust_remote_code: bool = option(False, "Run the model's own Python code from its folder or hub repository. Only for models you trust.")
+    trust_remote_code: bool = option(
+        False, "Run the model's own Python code from its folder or hub repository. Only for models you trust."
+    )
     dtype: str = option(
-        "float32", "The dtype the base model is loaded in (bf16/fp16 matrix products are very slow on most CPUs).",
+        "float32",
+        "The dtype the base model is loaded in (bf16/fp16 matrix products are very slow on most CPUs).",
         choices=("float32", "bfloat16", "float16"),
     )
     quantization: str = option(
-        "none", "Load the base quantized with bitsandbytes: `8bit` (LLM.int8) or `4bit` (QLoRA); only adapters train on it.",
+        "none",
+        "Load the base quantized with bitsandbytes: `8bit` (LLM.int8) or `4bit` (QLoRA); only adapters train on it.",
         choices=("none", "8bit", "4bit"),
     )
-    int8_threshold: float = option(6.0, "8bit: outlier threshold; activations above it are computed in higher precision.", min=0.0)
+    int8_threshold: float = option(
+        6.0, "8bit: outlier threshold; activations above it are computed in higher precision.", min=0.0
+    )
     quant_type: str = option("nf4", "4bit: the data type, NormalFloat4 or FP4.", choices=("nf4", "fp4"))
     double_quant: bool = option(True, "4bit: also quantize the quantization constants (saves ~0.4 bits per parameter).")
     compute_dtype: str = option(
-        "auto", "4bit: the dtype matrix products run in (`auto`: model.dtype).", choices=("auto", "float32", "bfloat16", "float16")
+        "auto",
+        "4bit: the dtype matrix products run in (`auto`: model.dtype).",
+        choices=("auto", "float32", "bfloat16", "float16"),
     )
 
 
@@ -57,7 +65,8 @@ class DataConfig:
         "OpenAI-style `messages`, in .json, .jsonl, .csv or .parquet, a `save_to_disk` folder, or a hub dataset id (org/name).",
     )
     columns: dict[str, str] | None = option(
-        None, "Map our field names to the data's own, e.g. {instruction: context, output: target} (also input, system, messages, conversations)."
+        None,
+        "Map our field names to the data's own, e.g. {instruction: context, output: target} (also input, system, messages, conversations).",
     )
     template: str = option(
         "auto",
@@ -68,7 +77,8 @@ class DataConfig:
     )
     system: str | None = option(None, "System prompt for every example that has none of its own.")
     skip_invalid: bool = option(
-        False, "Skip bad records (missing or non-string fields, empty answers, broken lines) instead of stopping; they are counted in the run summary."
+        False,
+        "Skip bad records (missing or non-string fields, empty answers, broken lines) instead of stopping; they are counted in the run summary.",
     )
     val_ratio: float = option(0.0, "Share of the (shuffled) examples held out for validation.", min=0.0, max=0.5)
     val_path: str | list[str] | None = option(None, "Validation data (same formats as path); takes the place of val_ratio.")
@@ -95,11 +105,15 @@ class TrainConfig:
         "Learning-rate schedule after warmup.",
         choices=("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"),
     )
-    warmup_ratio: float = option(0.03, "Share of the steps spent warming up the learning rate linearly from 0.", min=0.0, max=0.99)
+    warmup_ratio: float = option(
+        0.03, "Share of the steps spent warming up the learning rate linearly from 0.", min=0.0, max=0.99
+    )
     weight_decay: float = option(0.0, "AdamW weight decay.", min=0.0)
     max_grad_norm: float = option(1.0, "Gradient clipping norm (0 turns clipping off).", min=0.0)
     eval_steps: int | None = option(
-        None, "Validation loss every N optimizer steps (with data.val_ratio or data.val_path); without it, once at the end.", min=1
+        None,
+        "Validation loss every N optimizer steps (with data.val_ratio or data.val_path); without it, once at the end.",
+        min=1,
     )
     logging_steps: int = option(5, "Log the loss every N optimizer steps.", min=1)
     save_steps: int = option(50, "Write a checkpoint every N optimizer steps.", min=1)
@@ -108,12 +122,21 @@ class TrainConfig:
     overwrite: bool = option(False, "Allow writing into a non-empty output_dir (its old contents are deleted).")
     resume: bool = option(False, "Continue from the last checkpoint in output_dir.")
     precision: str = option(
-        "fp32", "Mixed precision for forward and backward: `bf16`, `fp16` (GPU only; with loss scaling) or none (`fp32`).",
+        "fp32",
+        "Mixed precision for forward and backward: `bf16`, `fp16` (GPU only; with loss scaling) or none (`fp32`).",
         choices=("fp32", "bf16", "fp16"),
     )
-    keep_trainable_fp32: bool = option(True, "Keep trained parameters in float32 on a half-precision base (recommended; false trains them in model.dtype).")
-    optimizer: str = option("adamw", "`adamw` (PyTorch), `adamw_8bit` (bitsandbytes, needs that package) or `adafactor`.", choices=("adamw", "adamw_8bit", "adafactor"))
-    adam_epsilon: float = option(1.0e-8, "AdamW epsilon; raised to 1e-4 automatically when trained parameters are float16.", min=0.0)
+    keep_trainable_fp32: bool = option(
+        True, "Keep trained parameters in float32 on a half-precision base (recommended; false trains them in model.dtype)."
+    )
+    optimizer: str = option(
+        "adamw",
+        "`adamw` (PyTorch), `adamw_8bit` (bitsandbytes, needs that package) or `adafactor`.",
+        choices=("adamw", "adamw_8bit", "adafactor"),
+    )
+    adam_epsilon: float = option(
+        1.0e-8, "AdamW epsilon; raised to 1e-4 automatically when trained parameters are float16.", min=0.0
+    )
     loss_chunk_size: int = option(
         512,
         "Compute the LM head and the loss only at labelled positions, this many at a time, never holding full-vocabulary "
@@ -121,18 +144,30 @@ class TrainConfig:
         min=0,
     )
     lean_activations: bool = option(
-        True, "Keep fewer tensors for backward with the same results: gated MLPs keep gate and up only (the activation is "
+        True,
+        "Keep fewer tensors for backward with the same results: gated MLPs keep gate and up only (the activation is "
         "recomputed), LoRA dropout keeps a 1-byte mask and the shared input.",
     )
     cpu_matmul: str = option(
-        "auto", "Which library multiplies frozen fp32 linear layers on a CPU: `torch` (MKL on x86), `onednn` (faster on AMD "
+        "auto",
+        "Which library multiplies frozen fp32 linear layers on a CPU: `torch` (MKL on x86), `onednn` (faster on AMD "
         "CPUs, where MKL runs a generic path; see README's Speed), or `auto`: oneDNN on x86 CPUs not made by Intel, torch elsewhere.",
         choices=("auto", "torch", "onednn"),
     )
-    gradient_checkpointing: bool = option(False, "Recompute each layer's activations in the backward pass instead of keeping them: less memory, about a third more compute.")
-    checkpointing_reentrant: bool = option(False, "Use torch's reentrant checkpointing (input gradients are enabled automatically); the default non-reentrant kind is the one that works with every method.")
-    check_memory: bool = option(True, "Before training, refuse a run whose estimated peak memory exceeds what is free, and say what would fit.")
-    report_to: str = option("none", "Also log to TensorBoard (`tensorboard`, needs the tensorboard package).", choices=("none", "tensorboard"))
+    gradient_checkpointing: bool = option(
+        False,
+        "Recompute each layer's activations in the backward pass instead of keeping them: less memory, about a third more compute.",
+    )
+    checkpointing_reentrant: bool = option(
+        False,
+        "Use torch's reentrant checkpointing (input gradients are enabled automatically); the default non-reentrant kind is the one that works with every method.",
+    )
+    check_memory: bool = option(
+        True, "Before training, refuse a run whose estimated peak memory exceeds what is free, and say what would fit."
+    )
+    report_to: str = option(
+        "none", "Also log to TensorBoard (`tensorboard`, needs the tensorboard package).", choices=("none", "tensorboard")
+    )
 
 
 SECTIONS = ("model", "method", "data", "train")
@@ -332,7 +367,9 @@ def _parse_override(item: str) -> tuple[str, str, Any]:
     name, sep, text = item.partition("=")
     section, dot, key = name.strip().partition(".")
     if not sep or not dot or not key or "." in key:
-        raise UserError(f"bad override '{item}': write section.key=value, e.g. train.max_steps=20 (sections: {', '.join(SECTIONS)})")
+        raise UserError(
+            f"bad override '{item}': write section.key=value, e.g. train.max_steps=20 (sections: {', '.join(SECTIONS)})"
+        )
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:
@@ -369,7 +406,9 @@ RUN_CONFIG_FILE = "config.yaml"
 
 
 def save_run_config(config: Config, run_dir: str | Path) -> None:
-    Path(run_dir, RUN_CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    Path(run_dir, RUN_CONFIG_FILE).write_text(
+        yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8"
+    )
 
 
 def load_run_config(run_dir: str | Path) -> Config:
@@ -398,5 +437,12 @@ def section_reference(section: str, cls: type) -> list[tuple[str, str, str, str]
         help_text = f.metadata.get("help", "")
         if f.metadata.get("choices"):
             help_text += " Choices: " + ", ".join(f"`{c}`" for c in f.metadata["choices"]) + "."
-        rows.append((f"{section}.{f.name}", _type_name(hints[f.name]), yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("\n..."), help_text))
+        rows.append(
+            (
+                f"{section}.{f.name}",
+                _type_name(hints[f.name]),
+                yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("\n..."),
+                help_text,
+            )
+        )
     return rows

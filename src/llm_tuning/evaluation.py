@@ -21,8 +21,16 @@ METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.jsonl"
 
 
-def evaluate(config=None, data: str | Path | None = None, adapter: str | Path | None = None, output: str | Path | None = None,
-             limit: int | None = None, compare_base: bool = False, overrides=(), options: GenerationOptions | None = None) -> dict:
+def evaluate(
+    config=None,
+    data: str | Path | None = None,
+    adapter: str | Path | None = None,
+    output: str | Path | None = None,
+    limit: int | None = None,
+    compare_base: bool = False,
+    overrides=(),
+    options: GenerationOptions | None = None,
+) -> dict:
     """Scores of the run (or of the base model of `config`) on `data`; writes predictions and metrics to `output`."""
     if data is None:
         raise UserError("eval needs --data FILE: records whose last assistant turn is the reference answer")
@@ -66,7 +74,9 @@ def text_metrics(predictions: list[str], references: list[str]) -> dict:
             totals["rouge1"] += rouge["rouge-1"]["f"] * 100
             totals["rouge2"] += rouge["rouge-2"]["f"] * 100
             totals["rougeL"] += rouge["rouge-l"]["f"] * 100
-            totals["bleu4"] += sentence_bleu([reference_words], hypothesis_words, smoothing_function=SmoothingFunction().method3) * 100
+            totals["bleu4"] += (
+                sentence_bleu([reference_words], hypothesis_words, smoothing_function=SmoothingFunction().method3) * 100
+            )
         totals["exact_match"] += 100.0 * (prediction.strip() == reference.strip())
     return {name: round(total / max(len(references), 1), 4) for name, total in totals.items()}
 
@@ -92,8 +102,12 @@ def write_results(output: Path, examples, results: dict) -> None:
     output.mkdir(parents=True, exist_ok=True)
     with (output / PREDICTIONS_FILE).open("w", encoding="utf-8") as f:
         for index, example in enumerate(examples):
-            line = {"where": example.where, "prompt": example.messages[-2]["content"], "reference": example.messages[-1]["content"],
-                    "prediction": results["model"]["predictions"][index]}
+            line = {
+                "where": example.where,
+                "prompt": example.messages[-2]["content"],
+                "reference": example.messages[-1]["content"],
+                "prediction": results["model"]["predictions"][index],
+            }
             if "base" in results:
                 line["base_prediction"] = results["base"]["predictions"][index]
             f.write(json.dumps(line, ensure_ascii=False) + "\n")

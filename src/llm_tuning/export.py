@@ -42,7 +42,12 @@ def merge(adapter: str | Path, output: str | Path, overwrite: bool = False) -> P
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial, safe_serialization=True)
     tokenizer.save_pretrained(partial)
-    summary = {"adapter": str(Path(adapter).resolve()), "base_model": path, "method": config.method.name, "template": config.data.template}
+    summary = {
+        "adapter": str(Path(adapter).resolve()),
+        "base_model": path,
+        "method": config.method.name,
+        "template": config.data.template,
+    }
     (partial / MERGE_SUMMARY_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
     if output.exists():
         shutil.rmtree(output)

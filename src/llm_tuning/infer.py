@@ -25,7 +25,11 @@ class GenerationOptions:
     batch_size: int = 8
 
     def kwargs(self) -> dict:
-        kwargs = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample, "repetition_penalty": self.repetition_penalty}
+        kwargs = {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self.do_sample,
+            "repetition_penalty": self.repetition_penalty,
+        }
         if self.do_sample:
             kwargs.update(temperature=self.temperature, top_p=self.top_p)
         return kwargs
@@ -45,8 +49,13 @@ def resolve_config(config: Config | str | Path | dict | None, overrides=(), adap
 class Session:
     """A loaded model ready to answer: tokenizer, template and (optionally adapted) model in eval mode."""
 
-    def __init__(self, config: Config | str | Path | dict | None = None, overrides=(), adapter: str | Path | None = None,
-                 base_only: bool = False):
+    def __init__(
+        self,
+        config: Config | str | Path | dict | None = None,
+        overrides=(),
+        adapter: str | Path | None = None,
+        base_only: bool = False,
+    ):
         """With `base_only`, the run's base model and template without its trained weights (to compare)."""
         import torch
 
@@ -78,8 +87,11 @@ class Session:
         batch = self.tokenizer.pad(prompts, padding=True, padding_side="left", return_tensors="pt").to(self.device)
         with torch.no_grad():
             output = self.model.generate(
-                **batch, **options.kwargs(), pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=self.template.stop_ids(self.tokenizer), streamer=streamer,
+                **batch,
+                **options.kwargs(),
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.template.stop_ids(self.tokenizer),
+                streamer=streamer,
             )
         new_tokens = output[:, batch["input_ids"].shape[1] :]
         return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]

@@ -33,8 +33,16 @@ def inspect_data(config: Config | str | Path | dict | None = None, overrides=(),
     shown = [encode_example(e, template, tokenizer, max_length, system) for e in train_read.examples[:samples]]
     return {
         "template": template.name,
-        "samples": [{"text": tokenizer.decode(s["input_ids"]), "spans": spans(tokenizer, s), "input_ids": s["input_ids"],
-                     "labels": s["labels"], "truncated": s["truncated"]} for s in shown],
+        "samples": [
+            {
+                "text": tokenizer.decode(s["input_ids"]),
+                "spans": spans(tokenizer, s),
+                "input_ids": s["input_ids"],
+                "labels": s["labels"],
+                "truncated": s["truncated"],
+            }
+            for s in shown
+        ],
         "stats": length_stats(lengths, max_length),
         "checks": checks(full, lengths, template, tokenizer, max_length),
         "skipped_records": len(train_read.skipped),
@@ -61,8 +69,13 @@ def length_stats(lengths: list[int], max_length: int) -> dict:
     kept = [n for n in ordered if n <= q3 + 1.5 * (q3 - q1)]  # outliers beyond Tukey's fence dropped
     rule = 1.5 * sum(kept) / len(kept)
     return {
-        "count": len(ordered), "mean": round(mean, 1), "p50": percentile(ordered, 50), "p95": percentile(ordered, 95),
-        "max": ordered[-1], "truncated": sum(n > max_length for n in ordered), "max_length": max_length,
+        "count": len(ordered),
+        "mean": round(mean, 1),
+        "p50": percentile(ordered, 50),
+        "p95": percentile(ordered, 95),
+        "max": ordered[-1],
+        "truncated": sum(n > max_length for n in ordered),
+        "max_length": max_length,
         "recommended_max_length": int(math.ceil(rule / 8) * 8),  # the tutorials' 1.5 x mean, to a multiple of 8
     }
 
@@ -73,14 +86,27 @@ def percentile(ordered: list[int], q: float) -> int:
 
 def checks(full: list[dict], lengths: list[int], template, tokenizer, max_length: int) -> list[dict]:
     stops = set(template.stop_ids(tokenizer))
-    unstopped = [i for i, s in enumerate(full) if len(s["input_ids"]) <= max_length and not (s["labels"] and s["labels"][-1] in stops)]
-    results = [{"check": "every sample that fits ends in a trained stop token", "ok": not unstopped,
-                "detail": f"{len(unstopped)} do not (first: #{unstopped[0]})" if unstopped else f"stop ids {sorted(stops)}"}]
+    unstopped = [
+        i for i, s in enumerate(full) if len(s["input_ids"]) <= max_length and not (s["labels"] and s["labels"][-1] in stops)
+    ]
+    results = [
+        {
+            "check": "every sample that fits ends in a trained stop token",
+            "ok": not unstopped,
+            "detail": f"{len(unstopped)} do not (first: #{unstopped[0]})" if unstopped else f"stop ids {sorted(stops)}",
+        }
+    ]
     results.append(padding_check(full[:8], tokenizer, max_length))
     own = getattr(tokenizer, "chat_template", None)
-    results.append({"check": "the template is the model's own chat template", "ok": template.name == "native" or not own,
-                    "detail": "the tokenizer has no chat template" if not own else
-                    f"data.template is {template.name}; the model's own is native: serve the result with the same template"})
+    results.append(
+        {
+            "check": "the template is the model's own chat template",
+            "ok": template.name == "native" or not own,
+            "detail": "the tokenizer has no chat template"
+            if not own
+            else f"data.template is {template.name}; the model's own is native: serve the result with the same template",
+        }
+    )
     return results
 
 
@@ -91,7 +117,11 @@ def padding_check(samples: list[dict], tokenizer, max_length: int) -> dict:
     cut = [{"input_ids": s["input_ids"][:max_length], "labels": s["labels"][:max_length]} for s in samples]
     batch = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)(cut)
     labelled_padding = int(((batch["attention_mask"] == 0) & (batch["labels"] != IGNORE_INDEX)).sum())
-    return {"check": "no padding is labelled", "ok": labelled_padding == 0, "detail": f"{labelled_padding} padded positions labelled"}
+    return {
+        "check": "no padding is labelled",
+        "ok": labelled_padding == 0,
+        "detail": f"{labelled_padding} padded positions labelled",
+    }
 
 
 def write_histogram(lengths: list[int], max_length: int, path: Path, width: int = 640, height: int = 240) -> Path:
@@ -110,10 +140,14 @@ def write_histogram(lengths: list[int], max_length: int, path: Path, width: int 
         bar_height = round(count / tallest * (height - 10)) if tallest else 0
         for y in range(height - bar_height, height):
             for x in range(b * bar, b * bar + bar - 1):
-                pixels[(y * width + x) * 3:(y * width + x) * 3 + 3] = color
-    rows = b"".join(b"\x00" + bytes(pixels[y * width * 3:(y + 1) * width * 3]) for y in range(height))
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-                     + _chunk(b"IDAT", zlib.compress(rows, 9)) + _chunk(b"IEND", b""))
+                pixels[(y * width + x) * 3 : (y * width + x) * 3 + 3] = color
+    rows = b"".join(b"\x00" + bytes(pixels[y * width * 3 : (y + 1) * width * 3]) for y in range(height))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + _chunk(b"IDAT", zlib.compress(rows, 9))
+        + _chunk(b"IEND", b"")
+    )
     return path
 
 

@@ -33,14 +33,18 @@ class LabelledCrossEntropy(torch.autograd.Function):
         # one chunk x vocabulary buffer, reused: the logits, then in place their log-softmax, then the gradient.
         # A fresh allocation per chunk costs page faults (a large block comes from mmap) and a second copy at peak.
         # oneDNN writes only fresh tensors: each chunk's is freed before the next is made, and malloc reuses it
-        buffer = None if onednn else torch.empty((min(chunk_size, hidden.shape[0]), weight.shape[0]), dtype=torch.float32, device=hidden.device)
+        buffer = (
+            None
+            if onednn
+            else torch.empty((min(chunk_size, hidden.shape[0]), weight.shape[0]), dtype=torch.float32, device=hidden.device)
+        )
         for start in range(0, hidden.shape[0], chunk_size):
-            h = hidden[start:start + chunk_size]
-            y = targets[start:start + chunk_size]
+            h = hidden[start : start + chunk_size]
+            y = targets[start : start + chunk_size]
             if onednn:
                 grad_logits = onednn_linear(h, weight, bias)
             else:
-                grad_logits = buffer[:len(y)]
+                grad_logits = buffer[: len(y)]
                 if h.dtype == weight.dtype == torch.float32:
                     torch.mm(h, weight.t(), out=grad_logits)
                     if bias is not None:
@@ -58,7 +62,9 @@ class LabelledCrossEntropy(torch.autograd.Function):
             grad_logits.exp_()
             grad_logits[torch.arange(len(y), device=y.device), y] -= 1.0
             grad_logits = grad_logits.to(weight.dtype)
-            grad_hidden[start:start + chunk_size] = (onednn_linear(grad_logits, weight.t()) if onednn else grad_logits @ weight).mul_(scale)
+            grad_hidden[start : start + chunk_size] = (
+                onednn_linear(grad_logits, weight.t()) if onednn else grad_logits @ weight
+            ).mul_(scale)
             if grad_weight is not None:
                 grad_weight.addmm_(grad_logits.t().float(), h.float(), alpha=scale)
             if grad_bias is not None:
@@ -75,7 +81,10 @@ class LabelledCrossEntropy(torch.autograd.Function):
             grad_hidden * grad_output.to(grad_hidden.dtype),
             None if grad_weight is None else (grad_weight * grad_output).to(ctx.weight_dtype),
             None if grad_bias is None else (grad_bias * grad_output).to(ctx.weight_dtype),
-            None, None, None, None,
+            None,
+            None,
+            None,
+            None,
         )
 
 
@@ -88,8 +97,12 @@ def labelled_loss(hidden: torch.Tensor, head: nn.Linear, labels: torch.Tensor, n
     if selected.shape[0] == 0:
         return hidden.sum() * 0.0  # keeps the graph connected: a batch with no labels trains nothing
     if not torch.is_grad_enabled():  # evaluation: the loss alone, a chunk at a time
-        total = sum(nn.functional.cross_entropy(head(selected[i:i + chunk_size]).float(), selected_targets[i:i + chunk_size], reduction="sum")
-                    for i in range(0, selected.shape[0], chunk_size))
+        total = sum(
+            nn.functional.cross_entropy(
+                head(selected[i : i + chunk_size]).float(), selected_targets[i : i + chunk_size], reduction="sum"
+            )
+            for i in range(0, selected.shape[0], chunk_size)
+        )
         return total / max(count, 1)
     # the head multiplies as the model's other frozen layers do (train.cpu_matmul): oneDNN where it was switched,
     # unless each chunk's fresh logits would cost more than oneDNN gains

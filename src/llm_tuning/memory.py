@@ -47,7 +47,9 @@ def cpu_malloc(allocator: str | None = None) -> str:
 OUTPUT_PROJECTIONS = {"o_proj", "out_proj", "dense", "c_proj", "wo"}
 
 
-def estimate(config: Config | str | Path | dict | None = None, overrides=(), device: str = "cpu", allocator: str | None = None) -> dict:
+def estimate(
+    config: Config | str | Path | dict | None = None, overrides=(), device: str = "cpu", allocator: str | None = None
+) -> dict:
     """Predicted peak memory of the training run `config` describes, by component, in bytes; on a CPU, for the
     malloc `allocator` (tcmalloc, glibc; by default the one this process runs on)."""
     from .methods import get_method
@@ -85,8 +87,13 @@ def estimate(config: Config | str | Path | dict | None = None, overrides=(), dev
         allocated = sum(v for k, v in components.items() if k != "overhead")
         components["overhead"] += int(allocated * (CUDA_ALLOCATOR_SLACK - 1))
     components = {k: int(v) for k, v in components.items()}
-    return {"device": device, "total_bytes": sum(components.values()), "components": components,
-            "trainable_params": trained_count, "tokens_per_micro_batch": tokens}
+    return {
+        "device": device,
+        "total_bytes": sum(components.values()),
+        "components": components,
+        "trainable_params": trained_count,
+        "tokens_per_micro_batch": tokens,
+    }
 
 
 def logits_bytes(config: Config, model, tokens: int, vocab_size: int) -> int:
@@ -267,7 +274,11 @@ def check_fits(config: Config, predicted: dict) -> None:
     if predicted["total_bytes"] <= available:
         return
     proposal = propose_for_budget(config, available, device=device)
-    advice = ("it would fit with " + " ".join(proposal["overrides"])) if proposal else "no batch size, checkpointing or quantization makes it fit"
+    advice = (
+        ("it would fit with " + " ".join(proposal["overrides"]))
+        if proposal
+        else "no batch size, checkpointing or quantization makes it fit"
+    )
     raise UserError(
         f"this run needs about {predicted['total_bytes'] / 2**30:.1f} GiB ({device}) but {available / 2**30:.1f} GiB is free; "
         f"{advice} (llm-tuning estimate shows the components; train.check_memory=false skips this check)"
@@ -291,7 +302,9 @@ def peak_memory() -> dict:
     free, total = torch.cuda.mem_get_info()
     used_by_all = total - free
     return {
-        "peak_memory_bytes": max(torch.cuda.max_memory_reserved(), used_by_all - torch.cuda.memory_reserved() + torch.cuda.max_memory_reserved()),
+        "peak_memory_bytes": max(
+            torch.cuda.max_memory_reserved(), used_by_all - torch.cuda.memory_reserved() + torch.cuda.max_memory_reserved()
+        ),
         "peak_allocated_bytes": torch.cuda.max_memory_allocated(),
         "peak_rss_bytes": peak_rss_bytes(),
         "device": torch.cuda.get_device_name(),

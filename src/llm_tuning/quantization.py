@@ -16,7 +16,9 @@ def check_quantization(config: Config, method) -> None:
     if config.model.quantization == "none":
         return
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise UserError(f"model.quantization {config.model.quantization} needs the bitsandbytes package: pip install bitsandbytes==0.50.2")
+        raise UserError(
+            f"model.quantization {config.model.quantization} needs the bitsandbytes package: pip install bitsandbytes==0.50.2"
+        )
     if not method.PEFT:
         raise UserError(
             f"method {config.method.name} trains the base's own weights, which are frozen when quantized "

@@ -47,7 +47,9 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     adjustments: list[str] = []
     resolved_path = resolve_model_path(config.model.path)
     tokenizer, template, data = prepare_data(config, resolved_path, train_read.examples, adjustments)
-    val_data = encode_examples(val_read.examples, template, tokenizer, config.data.max_length, config.data.system) if val_read else None
+    val_data = (
+        encode_examples(val_read.examples, template, tokenizer, config.data.max_length, config.data.system) if val_read else None
+    )
     if val_data is not None and not val_data.samples:
         raise UserError(f"no validation samples left: every validation prompt fills data.max_length={config.data.max_length}")
     predicted = estimate(config, device="cuda" if _has_gpu() else "cpu")
@@ -65,8 +67,16 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         shutil.rmtree(output_dir)  # only now that data, model and method are known to be good
     output_dir.mkdir(parents=True, exist_ok=True)
     save_run_config(config, output_dir)
-    trainer = build_trainer(config, model, tokenizer, data.samples, adjustments, optimizer=OPTIMIZERS[config.train.optimizer],
-                            adam_epsilon=epsilon, val_samples=val_data.samples if val_data else None)
+    trainer = build_trainer(
+        config,
+        model,
+        tokenizer,
+        data.samples,
+        adjustments,
+        optimizer=OPTIMIZERS[config.train.optimizer],
+        adam_epsilon=epsilon,
+        val_samples=val_data.samples if val_data else None,
+    )
     guard = DivergenceGuard(model)
     trainer.add_callback(guard)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -135,7 +145,11 @@ def preflight(config: Config, method, output_dir: Path) -> Path | None:
     check_quantization(config, method)
     if config.train.optimizer == "adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:
         raise UserError("train.optimizer adamw_8bit needs the bitsandbytes package: pip install bitsandbytes==0.50.2")
-    if config.train.gradient_checkpointing and config.train.checkpointing_reentrant and not getattr(method, "SUPPORTS_REENTRANT_CHECKPOINTING", True):
+    if (
+        config.train.gradient_checkpointing
+        and config.train.checkpointing_reentrant
+        and not getattr(method, "SUPPORTS_REENTRANT_CHECKPOINTING", True)
+    ):
         raise UserError(
             f"method {config.method.name} does not work with reentrant checkpointing; set train.checkpointing_reentrant=false (non-reentrant)"
         )
@@ -171,7 +185,9 @@ def prepare_data(config: Config, resolved_path: str, examples, adjustments: list
     tokenizer.padding_side = "right"  # training pads on the right: positions stay 0..n-1 for every sample
     template = get_template(config.data.template, tokenizer, model_type(resolved_path))
     config.data.template = template.name  # stored resolved, so generate/chat/merge format prompts the same way
-    data = encode_examples(examples, template, tokenizer, config.data.max_length, config.data.system, cache=cache_dir() / "tokenized")
+    data = encode_examples(
+        examples, template, tokenizer, config.data.max_length, config.data.system, cache=cache_dir() / "tokenized"
+    )
     if data.dropped:
         adjustments.append(
             f"dropped {len(data.dropped)} samples whose prompt alone fills data.max_length={config.data.max_length} (first: {data.dropped[0]})"
@@ -261,12 +277,22 @@ def check_output_dir(output_dir: Path, overwrite: bool, resume: bool) -> Path | 
 def last_checkpoint(output_dir: Path) -> Path | None:
     if not output_dir.is_dir():
         return None
-    checkpoints = [p for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
-    return max(checkpoints, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), default=None)
+    checkpoints = [
+        p for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX) :].isdigit()
+    ]
+    return max(checkpoints, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]), default=None)
 
 
-def build_trainer(config: Config, model, tokenizer, samples: list[dict], adjustments: list[str],
-                  optimizer: str = "adamw_torch_fused", adam_epsilon: float = 1e-8, val_samples: list[dict] | None = None):
+def build_trainer(
+    config: Config,
+    model,
+    tokenizer,
+    samples: list[dict],
+    adjustments: list[str],
+    optimizer: str = "adamw_torch_fused",
+    adam_epsilon: float = 1e-8,
+    val_samples: list[dict] | None = None,
+):
     from transformers import DataCollatorForSeq2Seq, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
 
@@ -317,8 +343,15 @@ def build_trainer(config: Config, model, tokenizer, samples: list[dict], adjustm
     else:
         rows, collator = samples, DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
         val_rows = val_samples
-    trainer = LeanTrainer(model=model, args=args, train_dataset=rows, eval_dataset=val_rows, data_collator=collator,
-                          loss_chunk_size=0 if loss_blocked else t.loss_chunk_size, packed_attention=packed and use_packed_attention(model))
+    trainer = LeanTrainer(
+        model=model,
+        args=args,
+        train_dataset=rows,
+        eval_dataset=val_rows,
+        data_collator=collator,
+        loss_chunk_size=0 if loss_blocked else t.loss_chunk_size,
+        packed_attention=packed and use_packed_attention(model),
+    )
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(ProgressBar())
     trainer.add_callback(JsonlLog(Path(t.output_dir, LOG_FILE)))
@@ -330,4 +363,9 @@ def _versions() -> dict:
     import torch
     import transformers
 
-    return {"llm_tuning": __version__, "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+    return {
+        "llm_tuning": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+    }

@@ -49,6 +49,10 @@ def load_trained(model, run_dir: str | Path):
         state = load_file(run_dir / TRAINED_WEIGHTS_FILE)
         result = model.load_state_dict(state, strict=False)
         if result.unexpected_keys:
-            raise UserError(f"{run_dir}: trained weights do not fit the base model (e.g. {result.unexpected_keys[0]}); was model.path changed?")
+            raise UserError(
+                f"{run_dir}: trained weights do not fit the base model (e.g. {result.unexpected_keys[0]}); was model.path changed?"
+            )
         return model
-    raise UserError(f"{run_dir} holds no trained weights ({ADAPTER_CONFIG_FILE} or {TRAINED_WEIGHTS_FILE}); did its training finish?")
+    raise UserError(
+        f"{run_dir} holds no trained weights ({ADAPTER_CONFIG_FILE} or {TRAINED_WEIGHTS_FILE}); did its training finish?"
+    )

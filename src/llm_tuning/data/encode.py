@@ -41,13 +41,17 @@ class EncodedData:
         return sum(len(s["input_ids"]) for s in self.samples)
 
 
-def encode_examples(examples: list[Example], template, tokenizer, max_length: int, system: str | None = None,
-                    cache: Path | None = None) -> EncodedData:
+def encode_examples(
+    examples: list[Example], template, tokenizer, max_length: int, system: str | None = None, cache: Path | None = None
+) -> EncodedData:
     """Encode every example; with `cache` (a folder), through datasets.map with its progress bar, stored under a
     key of everything that changes the result (examples, tokenizer, template, system prompt, max length), so
     the same data is tokenised once."""
-    encoded = _encode_cached(examples, template, tokenizer, max_length, system, cache) if cache else \
-        [encode_example(e, template, tokenizer, max_length, system) for e in examples]
+    encoded = (
+        _encode_cached(examples, template, tokenizer, max_length, system, cache)
+        if cache
+        else [encode_example(e, template, tokenizer, max_length, system) for e in examples]
+    )
     data = EncodedData(samples=[])
     for example, sample in zip(examples, encoded):
         if all(label == IGNORE_INDEX for label in sample["labels"]):
@@ -78,8 +82,20 @@ def _encode_cached(examples: list[Example], template, tokenizer, max_length: int
 
 
 def encoding_key(examples: list[Example], template, tokenizer, max_length: int, system: str | None) -> str:
-    vocabulary = tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    vocabulary = (
+        tokenizer.backend_tokenizer.to_str()
+        if hasattr(tokenizer, "backend_tokenizer")
+        else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    )
     content = json.dumps([[e.messages, e.system] for e in examples], ensure_ascii=False)
-    parts = [ENCODING_VERSION, template.name, str(system), str(max_length), str(tokenizer.eos_token_id),
-             str(getattr(tokenizer, "chat_template", None)), vocabulary, content]
+    parts = [
+        ENCODING_VERSION,
+        template.name,
+        str(system),
+        str(max_length),
+        str(tokenizer.eos_token_id),
+        str(getattr(tokenizer, "chat_template", None)),
+        vocabulary,
+        content,
+    ]
     return hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()[:32]

@@ -60,8 +60,12 @@ def join_samples(samples: list[dict]) -> dict:
         input_ids += sample["input_ids"]
         labels += [IGNORE_INDEX] + sample["labels"][1:]  # nothing predicts a sample's first token from the last one
         position_ids += range(len(sample["input_ids"]))
-    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
-            "lengths": [len(s["input_ids"]) for s in samples]}
+    return {
+        "input_ids": input_ids,
+        "labels": labels,
+        "position_ids": position_ids,
+        "lengths": [len(s["input_ids"]) for s in samples],
+    }
 
 
 class PackedCollator:
@@ -109,8 +113,15 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     rows = []
     # 4-d slices (1 x heads x sample x dim): with 3-d ones torch falls back from its CPU flash kernel to the math one
     for q, k, v, lengths in zip(query.split(1), key.split(1), value.split(1), packed_segments):
-        rows.append(cat([scaled_dot_product_attention(qs, ks, vs, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa)
-                         for qs, ks, vs in zip(q.split(lengths, 2), k.split(lengths, 2), v.split(lengths, 2))], dim=2))
+        rows.append(
+            cat(
+                [
+                    scaled_dot_product_attention(qs, ks, vs, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa)
+                    for qs, ks, vs in zip(q.split(lengths, 2), k.split(lengths, 2), v.split(lengths, 2))
+                ],
+                dim=2,
+            )
+        )
     return cat(rows).transpose(1, 2).contiguous(), None  # batch x row x heads x dim, as sdpa_attention_forward returns
 
 
@@ -124,6 +135,8 @@ def use_packed_attention(model) -> bool:
     if base.config._attn_implementation != "sdpa" or not base._can_set_attn_implementation():
         return False
     AttentionInterface.register(PACKED_ATTENTION, packed_sdpa)
-    AttentionMaskInterface.register(PACKED_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])  # unpacked batches: padding masks as before
+    AttentionMaskInterface.register(
+        PACKED_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"]
+    )  # unpacked batches: padding masks as before
     base.set_attn_implementation(PACKED_ATTENTION)
     return True

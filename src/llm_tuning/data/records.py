@@ -18,8 +18,15 @@ from ..errors import UserError
 
 SUPPORTED_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 JSON_SUFFIXES = (".json", ".jsonl")
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
-                  "bot": "assistant", "system": "system"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "model": "assistant",
+    "bot": "assistant",
+    "system": "system",
+}
 FIELDS = ("instruction", "input", "output", "system", "history", "conversations", "messages")
 
 
@@ -55,7 +62,9 @@ def read_examples(paths, columns: dict | None = None, skip_invalid: bool = False
                     raise
                 problems.append(str(e))
     if not result.examples:
-        raise UserError(f"{paths}: no usable records" + (f" ({len(result.skipped)} skipped as invalid)" if result.skipped else ""))
+        raise UserError(
+            f"{paths}: no usable records" + (f" ({len(result.skipped)} skipped as invalid)" if result.skipped else "")
+        )
     return result
 
 
@@ -66,8 +75,10 @@ def read_rows(path: str, problems: list[str] | None = None) -> list[tuple[object
         return _read_saved_dataset(location)
     if location.is_file():
         if location.suffix not in SUPPORTED_SUFFIXES:
-            raise UserError(f"{location}: unsupported data format '{location.suffix}'; supported: {', '.join(SUPPORTED_SUFFIXES)}, "
-                            "a save_to_disk folder, or a hub dataset id")
+            raise UserError(
+                f"{location}: unsupported data format '{location.suffix}'; supported: {', '.join(SUPPORTED_SUFFIXES)}, "
+                "a save_to_disk folder, or a hub dataset id"
+            )
         if location.suffix == ".parquet":
             return _read_parquet(location)
         if location.suffix == ".csv":
@@ -80,7 +91,12 @@ def read_rows(path: str, problems: list[str] | None = None) -> list[tuple[object
 
 def looks_like_hub_id(path: str) -> bool:
     """`org/name` that is not a local path: a dataset on the Hugging Face hub."""
-    return path.count("/") == 1 and not path.startswith((".", "/", "~")) and Path(path).suffix not in SUPPORTED_SUFFIXES and not Path(path).exists()
+    return (
+        path.count("/") == 1
+        and not path.startswith((".", "/", "~"))
+        and Path(path).suffix not in SUPPORTED_SUFFIXES
+        and not Path(path).exists()
+    )
 
 
 def read_json_objects(path: str | Path, what: str, problems: list[str] | None = None) -> list[tuple[object, str]]:
@@ -271,7 +287,9 @@ def _check_turns(turns: list[dict], where: str) -> None:
     for index, turn in enumerate(turns):
         expected = "user" if index % 2 == 0 else "assistant"
         if turn["role"] != expected:
-            raise UserError(f"{where}: turn {index} is '{turn['role']}' where '{expected}' was expected (user and assistant alternate)")
+            raise UserError(
+                f"{where}: turn {index} is '{turn['role']}' where '{expected}' was expected (user and assistant alternate)"
+            )
         if turn["role"] == "assistant" and not turn["content"].strip():
             raise UserError(f"{where}: empty assistant turn {index} (nothing to learn)")
     if not turns or turns[-1]["role"] != "assistant":

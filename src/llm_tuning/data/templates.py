@@ -60,7 +60,9 @@ class FormatTemplate:
                 if self.after_assistant:
                     segments.append((self._ids(tokenizer, self.after_assistant, ""), False))
             else:
-                raise UserError(f"template {self.name}: unsupported role '{role}' (user and assistant turns only; use data.system)")
+                raise UserError(
+                    f"template {self.name}: unsupported role '{role}' (user and assistant turns only; use data.system)"
+                )
         return [(ids, trained) for ids, trained in segments if ids]
 
     def prompt_ids(self, tokenizer, messages: list[dict], system: str | None = None) -> list[int]:
@@ -112,8 +114,17 @@ LLAMA3 = FormatTemplate(
     name="llama3",
     prefix=(Token("<|begin_of_text|>"),),
     system=(Token("<|start_header_id|>"), "system", Token("<|end_header_id|>"), "\n\n{content}", Token("<|eot_id|>")),
-    user=(Token("<|start_header_id|>"), "user", Token("<|end_header_id|>"), "\n\n{content}", Token("<|eot_id|>"),
-          Token("<|start_header_id|>"), "assistant", Token("<|end_header_id|>"), "\n\n"),
+    user=(
+        Token("<|start_header_id|>"),
+        "user",
+        Token("<|end_header_id|>"),
+        "\n\n{content}",
+        Token("<|eot_id|>"),
+        Token("<|start_header_id|>"),
+        "assistant",
+        Token("<|end_header_id|>"),
+        "\n\n",
+    ),
     assistant=("{content}", Token("<|eot_id|>")),
 )
 CHATGLM3 = FormatTemplate(
@@ -179,7 +190,9 @@ def _eos_id(tokenizer) -> int:
 def _special_id(tokenizer, token: str, template: str) -> int:
     token_id = tokenizer.convert_tokens_to_ids(token)
     if token_id is None or token_id == tokenizer.unk_token_id:
-        raise UserError(f"template {template} needs the special token {token!r}, which this tokenizer lacks; pick another data.template")
+        raise UserError(
+            f"template {template} needs the special token {token!r}, which this tokenizer lacks; pick another data.template"
+        )
     return token_id
 
 
@@ -202,8 +215,8 @@ class NativeTemplate:
             full_text = self._render(tokenizer, messages[: index + 1], generation_prompt=False)
             if not (prompt_text.startswith(done) and full_text.startswith(prompt_text)):
                 return self._segments_by_search(tokenizer, messages)  # the template rewrites earlier turns
-            segments.append((_text_ids(tokenizer, prompt_text[len(done):]), False))
-            answer = _text_ids(tokenizer, full_text[len(prompt_text):])
+            segments.append((_text_ids(tokenizer, prompt_text[len(done) :]), False))
+            answer = _text_ids(tokenizer, full_text[len(prompt_text) :])
             if eos in answer:
                 cut = len(answer) - answer[::-1].index(eos)
                 segments += [(answer[:cut], True), (answer[cut:], False)]
@@ -226,7 +239,9 @@ class NativeTemplate:
             if start < 0:
                 raise UserError("the tokenizer's chat template does not render the answers as given; use another data.template")
             end = text.find(eos_text, start + len(message["content"]))
-            answer = _text_ids(tokenizer, text[start:end + len(eos_text)] if end >= 0 else text[start:start + len(message["content"])])
+            answer = _text_ids(
+                tokenizer, text[start : end + len(eos_text)] if end >= 0 else text[start : start + len(message["content"])]
+            )
             segments += [(_text_ids(tokenizer, text[cursor:start]), False), (answer if end >= 0 else answer + [eos], True)]
             cursor = end + len(eos_text) if end >= 0 else start + len(message["content"])
         segments.append((_text_ids(tokenizer, text[cursor:]), False))
