@@ -61,7 +61,8 @@ def main() -> None:
     torch.manual_seed(0)
     step_seconds = dict.fromkeys(LIBRARIES, 0.0)
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; numpy {np.__version__}; GFLOP/s, best of {ROUNDS} rounds\n"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; numpy {np.__version__}; GFLOP/s, best of {ROUNDS} "
+        "rounds\n"
     )
     print("| product (rows x in -> out) | calls per step | " + " | ".join(f"{n} fwd | {n} bwd" for n in LIBRARIES) + " |")
     print("| --- | ---: | " + " | ".join("---: | ---:" for _ in LIBRARIES) + " |")

@@ -52,7 +52,8 @@ def main() -> None:
         "model: {path: smollm2-135m}\n"
         "method: {name: lora, r: 16, lora_alpha: 32, target_modules: all-linear}\n"
         f"data: {{path: {train}, template: plain, max_length: 384}}\n"
-        f"train: {{output_dir: {work / 'run'}, max_steps: {args.steps}, batch_size: 4, learning_rate: 2.0e-4, save_steps: 100000}}\n"
+        f"train: "
+        f"{{output_dir: {work / 'run'}, max_steps: {args.steps}, batch_size: 4, learning_rate: 2.0e-4, save_steps: 100000}}\n"
     )
     generation = ["--limit", str(args.limit), "--max-new-tokens", "128"]
     run(
@@ -90,7 +91,8 @@ def main() -> None:
     after = json.loads((work / "run-eval" / "metrics.json").read_text())
     summary = json.loads((work / "run" / "run_summary.json").read_text())
     lines = [
-        f"SmolLM2-135M, LoRA r=16 all-linear, {args.steps} steps ({summary['train_tokens']} tokens, {summary['train_runtime_s']:.0f} s); "
+        f"SmolLM2-135M, LoRA r=16 all-linear, {args.steps} steps ({summary['train_tokens']} tokens, "
+        f"{summary['train_runtime_s']:.0f} s); "
         f"{before['count']} held-out records of {held_out} (alpaca_en_demo, seed 42):",
         "",
         "| model | " + " | ".join(NAMES) + " |",

@@ -95,7 +95,7 @@ def measured_cpu_peak() -> float:
     """The best rate of a few 2048-cubed fp32 products, through oneDNN where the frozen layers use it."""
     import torch
 
-    from llm_tuning.cpu_matmul import onednn_linear, wants_onednn
+    from llm_tuning.speed.cpu_matmul import onednn_linear, wants_onednn
 
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     product = (lambda: onednn_linear(a, b)) if wants_onednn("auto") else (lambda: a @ b.t())
@@ -150,7 +150,7 @@ class StepClock(TrainerCallback):
 
 
 def train_with_clock(overrides: list[str], clock: StepClock) -> dict:
-    from llm_tuning import training
+    from llm_tuning.training import run as training
 
     build_trainer = training.build_trainer
 
@@ -183,9 +183,9 @@ def main() -> None:
 
     import torch
 
-    from llm_tuning.allocator import restart_with_preferred_allocator
     from llm_tuning.errors import UserError
-    from llm_tuning.models import resolve_model_path
+    from llm_tuning.models.resolve import resolve_model_path
+    from llm_tuning.speed.allocator import restart_with_preferred_allocator
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":

@@ -112,8 +112,8 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from conftest import save_tiny_model
-    from llm_tuning.memory import estimate as estimate_memory
+    from helpers import save_tiny_model
+    from llm_tuning.memory.estimate import estimate as estimate_memory
 
     work = args.work or Path(tempfile.mkdtemp(prefix="llm-tuning-memory-"))
     print(f"work folder: {work}", flush=True)

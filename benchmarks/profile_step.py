@@ -76,14 +76,15 @@ def main() -> None:
     if not DATA.is_file():
         print(f"skipped: {DATA} not found")
         return
-    from llm_tuning.allocator import restart_with_preferred_allocator
+    from llm_tuning.speed.allocator import restart_with_preferred_allocator
 
     restart_with_preferred_allocator()  # on tcmalloc where installed, as the llm-tuning command trains
-    from llm_tuning import loss, training
+    from llm_tuning.training import run as training
+    from llm_tuning.training import trainer
 
     work = Path(tempfile.mkdtemp(prefix="llm-tuning-profile-"))
     train, _ = split_records(json.loads(DATA.read_text(encoding="utf-8")), work)
-    loss.LeanTrainer.training_step = profile_step(loss.LeanTrainer.training_step)
+    trainer.LeanTrainer.training_step = profile_step(trainer.LeanTrainer.training_step)
     training.train(
         {},
         [

@@ -190,7 +190,7 @@ def main() -> None:
         print(f"skipped: {DATA} not found")
         return
 
-    from llm_tuning.models import resolve_model_path
+    from llm_tuning.models.resolve import resolve_model_path
 
     model = resolve_model_path("smollm2-135m")  # converted once into the llm-tuning cache
     work = Path(tempfile.mkdtemp(prefix="llm-tuning-speed-"))
@@ -281,7 +281,8 @@ def comparison_table(rows) -> str:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     lines += [
-        f"| {label} | {libraries(r)} | {r['train_tokens']} | {rate(r):.1f} | {mib(r):.0f} | {r['final_loss']:.4f} | {r['heldout_loss']:.4f} |"
+        f"| {label} | {libraries(r)} | {r['train_tokens']} | {rate(r):.1f} | {mib(r):.0f} | {r['final_loss']:.4f} | "
+        f"{r['heldout_loss']:.4f} |"
         for label, r in rows
     ]
     tutorials = [r for label, r in rows if label == "tutorial recipe"]

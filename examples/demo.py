@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 from llm_tuning import generate, load_config, train
-from llm_tuning.allocator import restart_with_preferred_allocator
 from llm_tuning.cli import quiet_libraries
-from llm_tuning.infer import GenerationOptions, read_prompts
+from llm_tuning.generation import GenerationOptions, read_prompts
+from llm_tuning.speed.allocator import restart_with_preferred_allocator
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "examples" / "demo.yaml"
@@ -41,7 +41,8 @@ def main(overrides: list[str]) -> None:
     losses = summary["loss_history"]
     print(
         f"\nloss {losses[0]['loss']:.3f} (step {losses[0]['step']}) -> {losses[-1]['loss']:.3f} (step {losses[-1]['step']}); "
-        f"training {train_seconds:.0f} s, {summary['tokens_per_s']:.0f} tokens/s, peak RSS {summary['peak_memory_bytes'] / 2**30:.2f} GiB; "
+        f"training {train_seconds:.0f} s, {summary['tokens_per_s']:.0f} tokens/s, peak RSS "
+        f"{summary['peak_memory_bytes'] / 2**30:.2f} GiB; "
         f"whole demo {time.time() - started:.0f} s"
     )
     print(f"adapter, config and run summary: {config.train.output_dir}")

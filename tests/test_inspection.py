@@ -4,7 +4,7 @@ import json
 
 import yaml
 
-from conftest import run_config
+from helpers import run_config
 from llm_tuning.cli import main
 from llm_tuning.data.encode import IGNORE_INDEX
 from llm_tuning.inspection import length_stats

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import BH, BL, BLOOM_LAYER_BIASES, LLAMA_7B, LLAMA_LAYER, F, H, L, V
+from helpers import BH, BL, BLOOM_LAYER_BIASES, LLAMA_7B, LLAMA_LAYER, F, H, L, V
 from llm_tuning.cli import main
 from llm_tuning.errors import UserError
 from llm_tuning.params import plan

@@ -6,7 +6,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from llm_tuning import train
-from llm_tuning.infer import Session
+from llm_tuning.generation import Session
 
 pytestmark = pytest.mark.slow
 

@@ -4,37 +4,32 @@
     summary = train("examples/demo.yaml", overrides=["train.max_steps=20"])
     print(generate(adapter=summary["config"]["train"]["output_dir"], prompts=["Who are you?"]))
 
-Heavy libraries (torch, transformers) load on first use, so `import llm_tuning` and `--help` stay fast.
+The public functions load on first use (`__getattr__`), so that `import llm_tuning` and `llm-tuning --help`
+stay fast and the command can restart on another allocator before torch loads.
 """
 
-from .allocator import default_huge_pages
+from importlib import import_module
+
+from .speed.allocator import default_huge_pages
 
 __version__ = "0.1.0"
 
 default_huge_pages()  # before torch's first CPU allocation, when it reads the setting
 
-__all__ = ["train", "generate", "chat", "merge", "load_config", "UserError"]
+# public name -> the module that defines it; no module of the package shares a public name, so importing a
+# submodule never replaces one of these functions on the package
+PUBLIC = {
+    "train": "llm_tuning.training.run",
+    "generate": "llm_tuning.generation",
+    "chat": "llm_tuning.generation",
+    "merge": "llm_tuning.merging",
+    "load_config": "llm_tuning.config.load",
+    "UserError": "llm_tuning.errors",
+}
+__all__ = list(PUBLIC)
 
 
 def __getattr__(name):
-    if name == "train":
-        from .training import train
-
-        return train
-    if name in ("generate", "chat"):
-        from . import infer
-
-        return getattr(infer, name)
-    if name == "merge":
-        from .export import merge
-
-        return merge
-    if name == "load_config":
-        from .config import load_config
-
-        return load_config
-    if name == "UserError":
-        from .errors import UserError
-
-        return UserError
+    if name in PUBLIC:
+        return getattr(import_module(PUBLIC[name]), name)
     raise AttributeError(f"module 'llm_tuning' has no attribute {name!r}")

@@ -11,11 +11,16 @@ import logging
 import math
 from pathlib import Path
 
+import jieba
+import torch
+from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+from rouge_chinese import Rouge
+
 from .data.encode import IGNORE_INDEX, encode_example
 from .data.records import read_examples
 from .errors import UserError
 from .files import free_path
-from .infer import GenerationOptions, Session
+from .generation import GenerationOptions, Session
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -60,10 +65,6 @@ def score(session: Session, examples, options: GenerationOptions) -> dict:
 
 
 def text_metrics(predictions: list[str], references: list[str]) -> dict:
-    import jieba
-    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
-    from rouge_chinese import Rouge
-
     jieba.setLogLevel(logging.WARNING)
     totals = {"bleu4": 0.0, "rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0, "exact_match": 0.0}
     for prediction, reference in zip(predictions, references):
@@ -83,8 +84,6 @@ def text_metrics(predictions: list[str], references: list[str]) -> dict:
 
 def reference_loss(session: Session, examples) -> float:
     """Mean cross-entropy of every trained (assistant) token of the references, teacher-forced, one at a time."""
-    import torch
-
     total, count = 0.0, 0
     max_length = session.config.data.max_length
     with torch.no_grad():

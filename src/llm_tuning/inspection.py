@@ -10,18 +10,21 @@ import struct
 import zlib
 from pathlib import Path
 
-from .config import Config, load_config
+from transformers import DataCollatorForSeq2Seq
+
+from .config.load import as_config
+from .config.sections import Config
 from .data.encode import IGNORE_INDEX, encode_example
+from .data.split import read_data
 from .data.templates import get_template
-from .models import ensure_pad_token, load_tokenizer, model_type, resolve_model_path
-from .training import read_data
+from .models.loading import ensure_pad_token, load_tokenizer
+from .models.resolve import model_type, resolve_model_path
 
 UNLIMITED = 10**9
 
 
 def inspect_data(config: Config | str | Path | dict | None = None, overrides=(), samples: int = 3) -> dict:
-    if not isinstance(config, Config):
-        config = load_config(config, overrides)
+    config = as_config(config, overrides)
     train_read, _ = read_data(config)
     path = resolve_model_path(config.model.path)
     tokenizer = load_tokenizer(config.model, path)
@@ -112,8 +115,6 @@ def checks(full: list[dict], lengths: list[int], template, tokenizer, max_length
 
 def padding_check(samples: list[dict], tokenizer, max_length: int) -> dict:
     """Collate a batch as training does (right padding) and look at the labels under the padding."""
-    from transformers import DataCollatorForSeq2Seq
-
     cut = [{"input_ids": s["input_ids"][:max_length], "labels": s["labels"][:max_length]} for s in samples]
     batch = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)(cut)
     labelled_padding = int(((batch["attention_mask"] == 0) & (batch["labels"] != IGNORE_INDEX)).sum())

@@ -7,8 +7,14 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from .config import Config, load_config
-from .errors import UserError
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from .config.load import as_config
+from .config.sections import Config
+from .errors import UserError, first_line
+from .methods.registry import get_method
+from .models.resolve import resolve_model_path
 
 
 def count_parameters(model) -> tuple[int, int]:
@@ -27,16 +33,11 @@ def trainable_line(trainable: int, total: int) -> str:
 def meta_model(config: Config):
     """(resolved path, model config, model) with the model built on the meta device from config.json alone:
     shapes only, so a 7B model is built in a second without memory. Shared by `params` and `estimate`."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from .models import resolve_model_path
-
     path = resolve_model_path(config.model.path)
     try:
         model_config = AutoConfig.from_pretrained(path, trust_remote_code=config.model.trust_remote_code)
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot read the model config of '{config.model.path}': {str(e).strip().splitlines()[0]}") from None
+        raise UserError(f"cannot read the model config of '{config.model.path}': {first_line(e)}") from None
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(model_config, trust_remote_code=config.model.trust_remote_code)
     return path, model_config, model
@@ -44,10 +45,7 @@ def meta_model(config: Config):
 
 def plan(config: Config | str | Path | dict | None = None, overrides=()) -> dict:
     """What the config's method trains on its model, from config.json alone: counts and a per-module breakdown."""
-    from .methods import get_method
-
-    if not isinstance(config, Config):
-        config = load_config(config, overrides)
+    config = as_config(config, overrides)
     path, _, model = meta_model(config)
     model = get_method(config.method.name).apply(model, config.method, tokenizer_if_any(path))
     trainable, total = count_parameters(model)
@@ -74,8 +72,6 @@ def trainable_breakdown(model) -> list[dict]:
 
 def tokenizer_if_any(path: str):
     """The tokenizer, for methods that need one (prompt tuning from text); None for a folder with only config.json."""
-    from transformers import AutoTokenizer
-
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, TypeError):

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+
 from .errors import UserError
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
@@ -17,15 +20,16 @@ TRAINED_WEIGHTS_FILE = "trained_weights.safetensors"
 
 
 def is_peft_model(model) -> bool:
-    from peft import PeftModel
-
     return isinstance(model, PeftModel)
+
+
+def base_model(model):
+    """The transformers model itself: inside a peft wrapper, or `model` when it is not wrapped."""
+    return model.get_base_model() if is_peft_model(model) else model
 
 
 def save_trained(model, run_dir: str | Path) -> int:
     """Save what trains; returns the bytes written."""
-    from safetensors.torch import save_file
-
     run_dir = Path(run_dir)
     if is_peft_model(model):
         model.save_pretrained(run_dir)
@@ -40,17 +44,14 @@ def load_trained(model, run_dir: str | Path):
     """The base `model` with a run's trained weights in place (a PeftModel for peft methods)."""
     run_dir = Path(run_dir)
     if (run_dir / ADAPTER_CONFIG_FILE).is_file():
-        from peft import PeftModel
-
         return PeftModel.from_pretrained(model, str(run_dir))
     if (run_dir / TRAINED_WEIGHTS_FILE).is_file():
-        from safetensors.torch import load_file
-
         state = load_file(run_dir / TRAINED_WEIGHTS_FILE)
         result = model.load_state_dict(state, strict=False)
         if result.unexpected_keys:
             raise UserError(
-                f"{run_dir}: trained weights do not fit the base model (e.g. {result.unexpected_keys[0]}); was model.path changed?"
+                f"{run_dir}: trained weights do not fit the base model (e.g. {result.unexpected_keys[0]}); was model.path "
+                "changed?"
             )
         return model
     raise UserError(

@@ -64,7 +64,7 @@ def encode_examples(
 
 
 def _encode_cached(examples: list[Example], template, tokenizer, max_length: int, system: str | None, cache: Path) -> list[dict]:
-    from datasets import Dataset
+    from datasets import Dataset  # slow to import; only the cached encoding of a training run needs it
 
     key = encoding_key(examples, template, tokenizer, max_length, system)
     path = cache / f"{key}.arrow"

@@ -1,11 +1,12 @@
 """Packing: several samples share one row of at most max_length tokens, so no compute goes to padding.
 
 Each sample keeps its own positions (they restart at 0), so a sample never attends to the one before it: the
-trainer passes each row's sample lengths and `packed_sdpa` runs causal attention once per sample, so that no
-compute goes to the pairs a block-diagonal mask would throw away. (Models on another attention implementation
-get that mask from transformers, which builds it from restarting position ids when no attention mask is given:
-masking_utils.find_packed_sequence_indices.) The first token of every sample is unlabelled, so no sample is
-trained to follow another's EOS: the per-sample loss equals the unpacked one (tests/test_packing.py).
+trainer passes each row's sample lengths and `packed_sdpa` (speed/packed_attention.py) runs causal attention
+once per sample, so that no compute goes to the pairs a block-diagonal mask would throw away. (Models on another
+attention implementation get that mask from transformers, which builds it from restarting position ids when no
+attention mask is given: masking_utils.find_packed_sequence_indices.) The first token of every sample is
+unlabelled, so no sample is trained to follow another's EOS: the per-sample loss equals the unpacked one
+(tests/data/test_packing.py).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from __future__ import annotations
 import bisect
 import inspect
 
-from .encode import IGNORE_INDEX
+import torch
 
-PACKED_ATTENTION = "llm_tuning_packed_sdpa"
+from ..weights import base_model
+from .encode import IGNORE_INDEX
 
 # peft methods that prepend virtual tokens or past keys to every row: one row must be one sample for them
 ROW_PER_SAMPLE_PEFT_TYPES = {"PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING"}
@@ -27,7 +29,7 @@ def packing_unsupported_reason(model) -> str | None:
     peft_type = str(getattr(getattr(peft_config, "peft_type", None), "value", "") or "")
     if peft_type in ROW_PER_SAMPLE_PEFT_TYPES:
         return f"{peft_type.lower()} adds virtual tokens to every row"
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     if "position_ids" not in inspect.signature(base.forward).parameters:
         return f"{base.config.model_type} takes no position ids (positions cannot restart inside a row)"
     return None
@@ -77,8 +79,6 @@ class PackedCollator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, rows: list[dict]) -> dict:
-        import torch
-
         width = max(len(row["input_ids"]) for row in rows)
         batch = {"input_ids": [], "labels": [], "position_ids": [], "attention_mask": []}
         for row in rows:
@@ -99,44 +99,11 @@ def segment_lengths(position_ids) -> list[list[int]]:
     return lengths
 
 
-def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, packed_segments=None, **kwargs):
-    """transformers' sdpa attention, except on packed rows (`packed_segments` given): there, causal attention
-    within each sample, one call per sample. A block-diagonal mask would give the same result but leaves the
-    kernel computing every pair in the row; per sample, it computes only each sample's own triangle."""
-    from torch import cat
-    from torch.nn.functional import scaled_dot_product_attention
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    if packed_segments is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    gqa = query.shape[1] != key.shape[1]
-    rows = []
-    # 4-d slices (1 x heads x sample x dim): with 3-d ones torch falls back from its CPU flash kernel to the math one
-    for q, k, v, lengths in zip(query.split(1), key.split(1), value.split(1), packed_segments):
-        rows.append(
-            cat(
-                [
-                    scaled_dot_product_attention(qs, ks, vs, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa)
-                    for qs, ks, vs in zip(q.split(lengths, 2), k.split(lengths, 2), v.split(lengths, 2))
-                ],
-                dim=2,
-            )
-        )
-    return cat(rows).transpose(1, 2).contiguous(), None  # batch x row x heads x dim, as sdpa_attention_forward returns
-
-
-def use_packed_attention(model) -> bool:
-    """Switch a model on transformers' sdpa attention to packed_sdpa (the same, plus per-sample attention on
-    packed rows); True if it was switched."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if base.config._attn_implementation != "sdpa" or not base._can_set_attn_implementation():
-        return False
-    AttentionInterface.register(PACKED_ATTENTION, packed_sdpa)
-    AttentionMaskInterface.register(
-        PACKED_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"]
-    )  # unpacked batches: padding masks as before
-    base.set_attn_implementation(PACKED_ATTENTION)
-    return True
+def packed_forward_inputs(inputs: dict, with_segments: bool) -> dict:
+    """A packed batch as the model takes it: without the attention mask, which is there only for Trainer's token
+    count (a mask, or a cache, would each switch off the block-diagonal attention that restarting positions give),
+    and with each row's sample lengths (`packed_segments`, for packed_sdpa) when `with_segments`."""
+    inputs = {**{k: v for k, v in inputs.items() if k != "attention_mask"}, "use_cache": False}
+    if with_segments:
+        inputs["packed_segments"] = segment_lengths(inputs["position_ids"])
+    return inputs

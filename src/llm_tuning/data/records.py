@@ -14,7 +14,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, first_line
+from ..hub import check_hub_reachable, looks_like_hub_id
 
 SUPPORTED_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 JSON_SUFFIXES = (".json", ".jsonl")
@@ -84,19 +85,9 @@ def read_rows(path: str, problems: list[str] | None = None) -> list[tuple[object
         if location.suffix == ".csv":
             return _read_csv(location, problems)
         return read_json_objects(location, "data", problems)
-    if looks_like_hub_id(path):
+    if looks_like_hub_id(path, SUPPORTED_SUFFIXES):
         return _read_hub_dataset(path)
     raise UserError(f"data file not found: {path}")
-
-
-def looks_like_hub_id(path: str) -> bool:
-    """`org/name` that is not a local path: a dataset on the Hugging Face hub."""
-    return (
-        path.count("/") == 1
-        and not path.startswith((".", "/", "~"))
-        and Path(path).suffix not in SUPPORTED_SUFFIXES
-        and not Path(path).exists()
-    )
 
 
 def read_json_objects(path: str | Path, what: str, problems: list[str] | None = None) -> list[tuple[object, str]]:
@@ -171,17 +162,17 @@ def _read_csv(path: Path, problems: list[str] | None) -> list[tuple[object, str]
 
 
 def _read_parquet(path: Path) -> list[tuple[object, str]]:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # slow to import; only Parquet files need it
 
     try:
         rows = pq.read_table(path).to_pylist()
     except Exception as e:  # pyarrow raises several types for a damaged file
-        raise UserError(f"{path}: cannot read as Parquet ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{path}: cannot read as Parquet ({first_line(e)})") from None
     return [(row, f"{path} row #{index}") for index, row in enumerate(rows)]
 
 
 def _read_saved_dataset(folder: Path) -> list[tuple[object, str]]:
-    from datasets import DatasetDict, load_from_disk
+    from datasets import DatasetDict, load_from_disk  # slow to import; only hub datasets and saved folders need it
 
     if not any((folder / name).is_file() for name in ("dataset_info.json", "state.json", "dataset_dict.json")):
         raise UserError(f"data.path '{folder}' is a folder but not one written by datasets' save_to_disk")
@@ -194,16 +185,13 @@ def _read_saved_dataset(folder: Path) -> list[tuple[object, str]]:
 
 
 def _read_hub_dataset(name: str) -> list[tuple[object, str]]:
-    from ..models import check_hub_reachable
-
-    check_hub_reachable(name, what="data.path")
-    from datasets import load_dataset
+    check_hub_reachable(name, "data.path")
+    from datasets import load_dataset  # slow to import; only hub datasets and saved folders need it
 
     try:
         dataset = load_dataset(name, split="train")
     except Exception as e:  # datasets raises many kinds (connection, missing dataset, bad config)
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"data.path '{name}': could not load it as a hub dataset ({first_line})") from None
+        raise UserError(f"data.path '{name}': could not load it as a hub dataset ({first_line(e)})") from None
     return [(row, f"{name} row #{index}") for index, row in enumerate(dataset.to_list())]
 
 

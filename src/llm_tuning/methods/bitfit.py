@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import option
+from ..config.schema import option
 from ..errors import UserError
+from .method import Method
 from .selection import train_only
-
-PEFT = False  # trains the model's own parameters (saved as trained_weights.safetensors)
-MERGEABLE = True  # the trained biases replace the base's: merge writes them as a standalone folder
 
 
 @dataclass
@@ -24,3 +22,7 @@ def apply(model, options: Options, tokenizer=None):
             "(Llama-family models have none); choose another method, e.g. lora"
         )
     return train_only(model, lambda name: name.endswith(".bias"))
+
+
+# the trained biases replace the base's: merge writes them as a standalone folder
+METHOD = Method(name="bitfit", options=Options, apply=apply, peft=False)

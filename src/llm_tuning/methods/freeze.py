@@ -5,12 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..config import option
+from ..config.schema import option
 from ..errors import UserError
+from .method import Method
 from .selection import compile_patterns, decoder_layers, train_only
-
-PEFT = False  # trains the model's own parameters (saved as trained_weights.safetensors)
-MERGEABLE = True  # the trained weights replace the base's: merge writes them as a standalone folder
 
 
 @dataclass
@@ -56,3 +54,7 @@ def _head_parameter_names(model, layers_name: str) -> set[str]:
     norm = re.compile(rf"^{re.escape(base)}\.(norm|ln_f|final_layernorm|final_layer_norm)\.")
     head = {id(p) for p in model.get_output_embeddings().parameters()}
     return {n for n, p in model.named_parameters() if id(p) in head or norm.match(n)}
+
+
+# the trained weights replace the base's: merge writes them as a standalone folder
+METHOD = Method(name="freeze", options=Options, apply=apply, peft=False)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import option
+from ..config.schema import option
+from .method import Method
 from .selection import train_only
-
-PEFT = False  # trains the model's own parameters (saved as trained_weights.safetensors)
-MERGEABLE = True  # the trained weights are the model: merge writes them as a standalone folder
 
 
 @dataclass
@@ -18,3 +16,7 @@ class Options:
 
 def apply(model, options: Options, tokenizer=None):
     return train_only(model, lambda name: True)
+
+
+# the trained weights are the model: merge writes them as a standalone folder
+METHOD = Method(name="full", options=Options, apply=apply, peft=False)

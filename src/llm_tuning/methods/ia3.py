@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 
-from peft import IA3Config, TaskType
+from peft import IA3Config
 
-from ..config import option
-from .peft_adapter import wrap
-
-PEFT = True  # an adapter through peft (saved in peft's format)
-MERGEABLE = True  # the scaling vectors fold into the frozen weights
+from ..config.schema import option
+from .method import Method
+from .peft_adapter import peft_fields, wrap
 
 
 @dataclass
@@ -24,15 +21,14 @@ class Options:
     )
     feedforward_modules: list[str] | str | None = option(
         None,
-        "Which of target_modules are feed-forward layers (scaled on their input, not output); must be a subset of target_modules.",
+        "Which of target_modules are feed-forward layers (scaled on their input, not output); must be a subset of "
+        "target_modules.",
     )
 
 
 def apply(model, options: Options, tokenizer=None):
-    make_config = partial(
-        IA3Config,
-        task_type=TaskType.CAUSAL_LM,
-        target_modules=options.target_modules,
-        feedforward_modules=options.feedforward_modules,
-    )
-    return wrap(model, make_config, "ia3")
+    return wrap(model, IA3Config, "ia3", **peft_fields(options))
+
+
+# the scaling vectors fold into the frozen weights
+METHOD = Method(name="ia3", options=Options, apply=apply, peft=True)

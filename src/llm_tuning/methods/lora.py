@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 
-from peft import LoraConfig, TaskType
+from peft import LoraConfig
 
-from ..config import option
-from .peft_adapter import wrap
-
-PEFT = True  # an adapter through peft (saved in peft's format)
-MERGEABLE = True  # B·A folds into the frozen weight: W' = W + (alpha / r) B·A
+from ..config.schema import option
+from .method import Method
+from .peft_adapter import peft_fields, wrap
 
 
 @dataclass
@@ -37,17 +34,8 @@ class Options:
 
 
 def apply(model, options: Options, tokenizer=None):
-    make_config = partial(
-        LoraConfig,
-        task_type=TaskType.CAUSAL_LM,
-        r=options.r,
-        lora_alpha=options.lora_alpha,
-        lora_dropout=options.lora_dropout,
-        target_modules=options.target_modules,
-        modules_to_save=options.modules_to_save,
-        bias=options.bias,
-        use_rslora=options.use_rslora,
-        use_dora=options.use_dora,
-        layers_to_transform=options.layers_to_transform,
-    )
-    return wrap(model, make_config, "lora")
+    return wrap(model, LoraConfig, "lora", **peft_fields(options))
+
+
+# B·A folds into the frozen weight: W' = W + (alpha / r) B·A
+METHOD = Method(name="lora", options=Options, apply=apply, peft=True)

@@ -1,19 +1,24 @@
-"""Shared by the methods that peft implements: wrap the model, turning peft's configuration errors into
-one-line UserErrors."""
+"""Shared by the methods that peft implements: their options are peft's own fields, passed through by name,
+and peft's configuration errors become one-line UserErrors."""
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
 
-from peft import PeftConfig, get_peft_model
+from peft import PeftConfig, TaskType, get_peft_model
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 
-def wrap(model, make_config: Callable[[], PeftConfig], method: str):
-    """Build the peft config and wrap the model; peft validates in both steps."""
+def peft_fields(options, **replacements) -> dict:
+    """The method's options as peft keyword arguments (everything but `name`), with `replacements` applied."""
+    return {f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.name != "name"} | replacements
+
+
+def wrap(model, config_class: type[PeftConfig], method: str, **fields):
+    """Build the peft config for a causal LM and wrap the model; peft validates in both steps."""
     try:
-        return get_peft_model(model, make_config())
+        return get_peft_model(model, config_class(task_type=TaskType.CAUSAL_LM, **fields))
     except (ValueError, TypeError, KeyError) as e:
         # peft says which target modules were not found, or which option is inconsistent; keep its first line.
-        raise UserError(f"method {method}: {str(e).strip().splitlines()[0]}") from None
+        raise UserError(f"method {method}: {first_line(e)}") from None

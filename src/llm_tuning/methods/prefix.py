@@ -4,24 +4,15 @@ made to work with (non-reentrant) gradient checkpointing."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 
 import torch
-from peft import PrefixTuningConfig, TaskType
+from peft import PrefixTuningConfig
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from ..config import option
-from .peft_adapter import wrap
-
-PEFT = True  # an adapter through peft (saved in peft's format)
-MERGEABLE = False
-NOT_MERGEABLE_REASON = (
-    "its prefixes are extra keys and values, there is nothing to fold into the weights; serve it with --adapter"
-)
-# Reentrant checkpointing only sends gradients to the layer's explicit tensor inputs; the prefixes reach the
-# layer inside the cache object, so their gradients would be lost.
-SUPPORTS_REENTRANT_CHECKPOINTING = False
+from ..config.schema import option
+from .method import Method
+from .peft_adapter import peft_fields, wrap
 
 
 @dataclass
@@ -36,14 +27,9 @@ class Options:
 
 def apply(model, options: Options, tokenizer=None):
     hidden = model.config.get_text_config().hidden_size
-    make_config = partial(
-        PrefixTuningConfig,
-        task_type=TaskType.CAUSAL_LM,
-        num_virtual_tokens=options.num_virtual_tokens,
-        prefix_projection=options.prefix_projection,
-        encoder_hidden_size=options.encoder_hidden_size or hidden,
+    model = wrap(
+        model, PrefixTuningConfig, "prefix", **peft_fields(options, encoder_hidden_size=options.encoder_hidden_size or hidden)
     )
-    model = wrap(model, make_config, "prefix")
     keep_prefix_under_checkpointing(model.get_base_model())
     return model
 
@@ -76,3 +62,17 @@ def keep_prefix_under_checkpointing(base_model) -> None:
         return args, kwargs
 
     base_model.register_forward_pre_hook(use_read_only_cache, with_kwargs=True)
+
+
+METHOD = Method(
+    name="prefix",
+    options=Options,
+    apply=apply,
+    peft=True,
+    not_mergeable_reason=(
+        "its prefixes are extra keys and values, there is nothing to fold into the weights; serve it with --adapter"
+    ),
+    # Reentrant checkpointing only sends gradients to the layer's explicit tensor inputs; the prefixes reach the
+    # layer inside the cache object, so their gradients would be lost.
+    supports_reentrant_checkpointing=False,
+)

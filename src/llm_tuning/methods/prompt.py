@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 
-from peft import PromptTuningConfig, PromptTuningInit, TaskType
+from peft import PromptTuningConfig, PromptTuningInit
 
-from ..config import option
+from ..config.schema import option
 from ..errors import UserError
-from .peft_adapter import wrap
-
-PEFT = True  # an adapter through peft (saved in peft's format)
-MERGEABLE = False
-NOT_MERGEABLE_REASON = "its virtual tokens are extra inputs, there is nothing to fold into the weights; serve it with --adapter"
+from .method import VIRTUAL_TOKENS_NOT_MERGEABLE, Method
+from .peft_adapter import peft_fields, wrap
 
 DEFAULT_VIRTUAL_TOKENS = 20
 
@@ -23,7 +19,8 @@ class Options:
     name: str = option("prompt", "The method: `prompt`.")
     num_virtual_tokens: int | None = option(
         None,
-        f"Virtual tokens prepended to every input (null: {DEFAULT_VIRTUAL_TOKENS}, or the token count of prompt_tuning_init_text).",
+        f"Virtual tokens prepended to every input (null: {DEFAULT_VIRTUAL_TOKENS}, or the token count of "
+        "prompt_tuning_init_text).",
         min=1,
     )
     prompt_tuning_init_text: str | None = option(
@@ -32,25 +29,26 @@ class Options:
 
 
 def apply(model, options: Options, tokenizer=None):
-    if options.prompt_tuning_init_text is None:
-        make_config = partial(
-            PromptTuningConfig,
-            task_type=TaskType.CAUSAL_LM,
+    text = options.prompt_tuning_init_text
+    if text is None:
+        fields = peft_fields(
+            options,
             num_virtual_tokens=options.num_virtual_tokens or DEFAULT_VIRTUAL_TOKENS,
             prompt_tuning_init=PromptTuningInit.RANDOM,
         )
-        return wrap(model, make_config, "prompt")
-    if not options.prompt_tuning_init_text.strip():
+        return wrap(model, PromptTuningConfig, "prompt", **fields)
+    if not text.strip():
         raise UserError("config key 'method.prompt_tuning_init_text' is empty; give a text or null for random initialisation")
     if tokenizer is None:
         raise UserError("method prompt with prompt_tuning_init_text needs the model's tokenizer")
-    text_tokens = len(tokenizer(options.prompt_tuning_init_text, add_special_tokens=False)["input_ids"])
-    make_config = partial(
-        PromptTuningConfig,
-        task_type=TaskType.CAUSAL_LM,
+    text_tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    fields = peft_fields(
+        options,
         num_virtual_tokens=options.num_virtual_tokens or text_tokens,  # peft repeats or cuts the text to fit
         prompt_tuning_init=PromptTuningInit.TEXT,
-        prompt_tuning_init_text=options.prompt_tuning_init_text,
         tokenizer_name_or_path=tokenizer.name_or_path,
     )
-    return wrap(model, make_config, "prompt")
+    return wrap(model, PromptTuningConfig, "prompt", **fields)
+
+
+METHOD = Method(name="prompt", options=Options, apply=apply, peft=True, not_mergeable_reason=VIRTUAL_TOKENS_NOT_MERGEABLE)

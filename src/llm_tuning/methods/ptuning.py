@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 
-from peft import PromptEncoderConfig, TaskType
+from peft import PromptEncoderConfig
 
-from ..config import option
-from .peft_adapter import wrap
-
-PEFT = True  # an adapter through peft (saved in peft's format)
-MERGEABLE = False
-NOT_MERGEABLE_REASON = "its virtual tokens are extra inputs, there is nothing to fold into the weights; serve it with --adapter"
+from ..config.schema import option
+from .method import VIRTUAL_TOKENS_NOT_MERGEABLE, Method
+from .peft_adapter import peft_fields, wrap
 
 
 @dataclass
@@ -27,13 +23,9 @@ class Options:
 
 def apply(model, options: Options, tokenizer=None):
     hidden = model.config.get_text_config().hidden_size
-    make_config = partial(
-        PromptEncoderConfig,
-        task_type=TaskType.CAUSAL_LM,
-        num_virtual_tokens=options.num_virtual_tokens,
-        encoder_reparameterization_type=options.encoder_reparameterization_type,
-        encoder_hidden_size=options.encoder_hidden_size or hidden,
-        encoder_num_layers=options.encoder_num_layers,
-        encoder_dropout=options.encoder_dropout,
+    return wrap(
+        model, PromptEncoderConfig, "ptuning", **peft_fields(options, encoder_hidden_size=options.encoder_hidden_size or hidden)
     )
-    return wrap(model, make_config, "ptuning")
+
+
+METHOD = Method(name="ptuning", options=Options, apply=apply, peft=True, not_mergeable_reason=VIRTUAL_TOKENS_NOT_MERGEABLE)

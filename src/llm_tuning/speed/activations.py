@@ -1,0 +1,136 @@
+"""Fewer activations kept for backward, same results (`train.lean_activations`).
+
+Autograd keeps whatever each op needs for its own gradient, so two common patterns keep more than the layer needs:
+- a gated MLP, down(act(gate(x)) * up(x)), keeps gate, act(gate) and up (3 x intermediate values per token).
+  `GatedProduct` keeps gate and up and recomputes act(gate) in backward: one elementwise op for a third less.
+- LoRA's dropout, lora_A(dropout(x)), keeps a full-size float mask and the dropped-out input, per adapted
+  projection. `DropoutLinear` keeps x (the same tensor for q, k and v, or gate and up, so once) and a 1-byte
+  mask, and rebuilds the dropped-out input for lora_A's gradient.
+Both compute with the same ops, the same random draws and the same order as the modules they replace, so losses and
+gradients match the plain path (tests/speed/test_activations.py), while peak memory falls (docs/speed.md).
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import partial
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+# the one gated-MLP forward this module rewrites (Llama, Mistral, Qwen2/3, Gemma 1-3, OLMo 2 ... share it)
+GATED_MLP_SOURCE = "self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))"
+
+
+def _gelu_tanh(x):
+    return F.gelu(x, approximate="tanh")
+
+
+def _gelu_tanh_backward(grad, x):
+    return torch.ops.aten.gelu_backward(grad, x, approximate="tanh")
+
+
+# activation module type -> (forward, backward(grad, input)) with the ops autograd itself would use
+ACTIVATIONS = {
+    "SiLU": (F.silu, torch.ops.aten.silu_backward),
+    "SiLUActivation": (F.silu, torch.ops.aten.silu_backward),
+    "GELUTanh": (_gelu_tanh, _gelu_tanh_backward),
+}
+
+
+class GatedProduct(torch.autograd.Function):
+    """act(gate) * up, keeping only gate and up for backward."""
+
+    @staticmethod
+    def forward(ctx, gate, up, activation: str):
+        ctx.save_for_backward(gate, up)
+        ctx.activation = activation
+        return ACTIVATIONS[activation][0](gate) * up
+
+    @staticmethod
+    def backward(ctx, grad):
+        gate, up = ctx.saved_tensors
+        act, act_backward = ACTIVATIONS[ctx.activation]
+        grad_gate = act_backward(grad * up, gate) if ctx.needs_input_grad[0] else None
+        grad_up = grad * act(gate) if ctx.needs_input_grad[1] else None
+        return grad_gate, grad_up, None
+
+
+class DropoutLinear(torch.autograd.Function):
+    """linear(dropout(x, p), weight), keeping x and a 1-byte mask for backward. The mask is drawn as torch's CPU
+    dropout draws it (bernoulli_(1 - p) on a tensor like x, then divided by 1 - p), so the same seed gives the
+    same mask."""
+
+    @staticmethod
+    def forward(ctx, x, weight, p: float):
+        noise = torch.empty_like(x).bernoulli_(1 - p)
+        kept = noise.bool()
+        ctx.save_for_backward(x, kept, weight)
+        ctx.p = p
+        return F.linear(x * noise.div_(1 - p), weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, kept, weight = ctx.saved_tensors
+        noise = kept.to(x.dtype).div_(1 - ctx.p)  # the forward's values exactly: 0 or 1 / (1 - p)
+        # under autocast the forward ran in half precision: the casts meet grad's dtype (no-ops in plain fp32)
+        grad_x = (grad @ weight.to(grad.dtype)).to(x.dtype) * noise if ctx.needs_input_grad[0] else None
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            dropped = (x * noise).reshape(-1, x.shape[-1]).to(grad.dtype)
+            grad_weight = grad.reshape(-1, grad.shape[-1]).t().mm(dropped).to(weight.dtype)
+        return grad_x, grad_weight, None
+
+
+def gated_mlp_forward(mlp, activation: str, x):
+    return mlp.down_proj(GatedProduct.apply(mlp.gate_proj(x), mlp.up_proj(x), activation))
+
+
+def lora_a_forward(lora_a: nn.Linear, p: float, x):
+    if lora_a.training:
+        return DropoutLinear.apply(x, lora_a.weight, p)
+    return F.linear(x, lora_a.weight)
+
+
+def keep_fewer_activations(model) -> list[str]:
+    """Rewrite, in place, the gated MLPs and LoRA dropouts of `model` as above; says what it rewrote."""
+    mlps = [m for m in model.modules() if is_gated_mlp(m)]
+    for mlp in mlps:
+        mlp.forward = partial(gated_mlp_forward, mlp, type(mlp.act_fn).__name__)
+    dropouts = 0
+    for module in model.modules():
+        for name, dropout in list(getattr(module, "lora_dropout", {}).items()):
+            lora_a = module.lora_A[name]
+            plain = name not in getattr(module, "lora_variant", {})  # DoRA and other variants use x differently
+            if plain and type(dropout) is nn.Dropout and 0 < dropout.p < 1 and type(lora_a) is nn.Linear and lora_a.bias is None:
+                module.lora_dropout[name] = nn.Identity()
+                lora_a.forward = partial(lora_a_forward, lora_a, dropout.p)
+                dropouts += 1
+    done = [f"{len(mlps)} gated MLPs keep gate and up only"] if mlps else []
+    return done + ([f"{dropouts} LoRA dropouts keep a 1-byte mask"] if dropouts else [])
+
+
+_GATED_MLP_CLASSES: dict[type, bool] = {}
+
+
+def is_gated_mlp(module) -> bool:
+    """Whether `module` is a gated MLP with the forward GatedProduct rewrites, and an activation it knows."""
+    cls = type(module)
+    if cls not in _GATED_MLP_CLASSES:
+        try:
+            source = (
+                inspect.getsource(cls.forward)
+                if all(hasattr(module, a) for a in ("gate_proj", "up_proj", "down_proj", "act_fn"))
+                else ""
+            )
+        except (OSError, TypeError):
+            source = ""
+        _GATED_MLP_CLASSES[cls] = GATED_MLP_SOURCE in source
+    return _GATED_MLP_CLASSES[cls] and type(module.act_fn).__name__ in ACTIVATIONS and _plain_gelu(module.act_fn)
+
+
+def _plain_gelu(act_fn) -> bool:
+    """GELUTanh can be built with a Python formula instead of torch's kernel; only the kernel one is rewritten."""
+    inner = getattr(act_fn, "act", None)
+    return inner is None or isinstance(inner, partial)

@@ -1,0 +1,91 @@
+"""Frozen linear layers multiplied by oneDNN on the CPU (`train.cpu_matmul`: `onednn`, or `auto` on non-Intel x86).
+
+torch's x86 wheels multiply fp32 matrices with MKL, which on AMD CPUs runs its generic code path (MKL_VERBOSE names
+"Intel(R) Architecture processors"). oneDNN, which torch also ships and which picks its kernels by instruction set,
+not by vendor, multiplies the same shapes faster there (`python benchmarks/cpu_matmul.py`). Only frozen fp32
+`nn.Linear` layers are switched: their backward is one product, grad @ W, with no weight gradient, so the
+autograd function below is all they need; the chunked loss (loss.py) multiplies a switched LM head the same way
+on tcmalloc or jemalloc.
+Results match torch's products to fp32 rounding (tests/speed/test_cpu_matmul.py).
+"""
+
+from __future__ import annotations
+
+import platform
+from functools import partial
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def onednn_linear(x, weight, bias=None):
+    """linear(x, weight, bias) by oneDNN, into a fresh tensor (x and weight fp32; weight may be a transposed view)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+class OneDnnLinear(torch.autograd.Function):
+    """linear(x, weight, bias) for a frozen weight and bias: only x gets a gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(weight)
+        return onednn_linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (weight,) = ctx.saved_tensors
+        return onednn_linear(grad.contiguous(), weight.t()), None, None
+
+
+def onednn_linear_forward(linear: nn.Linear, x):
+    if x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):  # oneDNN's fp32 path only; autocast casts itself
+        return F.linear(x, linear.weight, linear.bias)
+    return OneDnnLinear.apply(x, linear.weight, linear.bias)
+
+
+def is_frozen_cpu_linear(module) -> bool:
+    if type(module) is not nn.Linear:  # subclasses (bitsandbytes' quantized layers) multiply their own way
+        return False
+    frozen = not module.weight.requires_grad and (module.bias is None or not module.bias.requires_grad)
+    return frozen and module.weight.dtype == torch.float32 and module.weight.device.type == "cpu"
+
+
+def wants_onednn(choice: str) -> bool:
+    """Whether `train.cpu_matmul` (auto, torch or onednn) means oneDNN on this machine: `auto` does where MKL
+    would run its generic path, on x86 CPUs from other vendors than Intel."""
+    if choice != "auto":
+        return choice == "onednn"
+    return platform.machine().lower() in ("x86_64", "amd64") and cpu_vendor() not in ("GenuineIntel", None)
+
+
+def cpu_vendor() -> str | None:
+    """The CPU's vendor string as Linux reports it (GenuineIntel, AuthenticAMD ...), or None where unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            return next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("vendor_id")), None)
+    except OSError:
+        return None
+
+
+def use_onednn_matmul(model) -> int:
+    """Route `model`'s frozen fp32 CPU linear layers through oneDNN, in place; returns how many were switched."""
+    if not torch.backends.mkldnn.is_available():
+        return 0
+    linears = [m for m in model.modules() if is_frozen_cpu_linear(m)]
+    for linear in linears:
+        linear.forward = partial(onednn_linear_forward, linear)
+    return len(linears)
+
+
+def uses_onednn(module) -> bool:
+    """Whether use_onednn_matmul switched this layer (the chunked loss then multiplies the LM head the same way)."""
+    forward = module.__dict__.get("forward")
+    return isinstance(forward, partial) and forward.func is onednn_linear_forward
+
+
+def use_torch_matmul(model) -> None:
+    """Undo use_onednn_matmul: after training, the model multiplies as it will once saved and reloaded."""
+    for module in model.modules():
+        if uses_onednn(module):
+            del module.forward

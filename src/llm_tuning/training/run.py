@@ -1,0 +1,188 @@
+"""The training run, from config to run summary: check what can be checked first, read and encode the data,
+load the base and apply the method, train with transformers' Trainer, then write the trained weights, the
+resolved config, a step log and a machine-readable run summary into the run's folder."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from transformers import set_seed
+
+from ..config.load import as_config
+from ..config.sections import Config
+from ..data.encode import encode_examples
+from ..data.split import read_data
+from ..data.templates import get_template
+from ..errors import UserError
+from ..files import cache_dir
+from ..memory.budget import check_fits
+from ..memory.estimate import estimate
+from ..memory.measure import peak_memory
+from ..methods.method import Method
+from ..methods.registry import get_method
+from ..models.loading import ensure_pad_token, load_model, load_tokenizer
+from ..models.quantization import check_quantization, prepare_for_training, require_bitsandbytes
+from ..models.resolve import model_type, resolve_model_path
+from ..params import count_parameters, trainable_line
+from ..rundir import SUMMARY_FILE, check_output_dir, save_run_config, write_json
+from ..speed.activations import keep_fewer_activations
+from ..speed.allocator import active_allocator
+from ..speed.cpu_matmul import use_onednn_matmul, use_torch_matmul, wants_onednn
+from ..weights import save_trained
+from .callbacks import DivergenceGuard, StopOnInterrupt, interrupt_requests
+from .gradient_checkpointing import enable_checkpointing
+from .precision import adam_epsilon, check_precision, set_trainable_dtype
+from .summary import data_counts, diagnose, training_figures, validation_figures, versions
+from .trainer import build_trainer
+
+
+def train(config: Config | str | Path | dict | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Fine-tune as `config` says; returns the run summary (also written to OUTPUT_DIR/run_summary.json)."""
+    config = as_config(config, overrides)
+    method = get_method(config.method.name)
+    output_dir = Path(config.train.output_dir)
+    resume_from = preflight(config, method, output_dir)
+    train_read, val_read = read_data(config)  # before anything slow, so bad data fails fast
+
+    adjustments: list[str] = []
+    resolved_path = resolve_model_path(config.model.path)
+    tokenizer, template, data = prepare_data(config, resolved_path, train_read.examples, adjustments)
+    val_data = encode_validation(config, val_read, template, tokenizer)
+    predicted = estimate(config, device=_device())
+    if config.train.check_memory:
+        check_fits(config, predicted)
+    model, epsilon = prepare_model(config, method, resolved_path, tokenizer, adjustments)
+    lean = keep_fewer_activations(model) if config.train.lean_activations else []
+    onednn_linears = use_onednn_matmul(model) if wants_onednn(config.train.cpu_matmul) else 0
+    trainable, total = count_parameters(model)
+    if trainable == 0:
+        raise UserError(f"method {config.method.name} leaves nothing to train on this model")
+    print(trainable_line(trainable, total), flush=True)
+
+    if config.train.overwrite and not resume_from and output_dir.exists():
+        shutil.rmtree(output_dir)  # only now that data, model and method are known to be good
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_run_config(config, output_dir)
+    val_samples = val_data.samples if val_data else None
+    trainer = build_trainer(config, model, tokenizer, data.samples, adjustments, adam_epsilon=epsilon, val_samples=val_samples)
+    guard = DivergenceGuard(model)
+    trainer.add_callback(guard)
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    with interrupt_requests() as interrupted:
+        trainer.add_callback(StopOnInterrupt(interrupted))
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    use_torch_matmul(model)  # validation and the caller's model compute as the saved weights will after reloading
+    status = "diverged" if guard.problem else "interrupted" if interrupted else "completed"
+    validation = validation_figures(trainer, len(val_samples)) if val_samples and status == "completed" else None
+    saved_bytes = 0 if guard.problem else save_trained(model, output_dir)  # never save a diverged model
+
+    summary = {
+        "status": status,
+        "config": config.to_dict(),
+        "model_path": resolved_path,
+        "template": template.name,
+        "trainable_params": trainable,
+        "all_params": total,
+        "trainable_percent": 100 * trainable / total,
+        "saved_bytes": saved_bytes,
+        "optimizer": config.train.optimizer,
+        "adam_epsilon": epsilon,
+        **data_counts(data, train_read, val_read, trainer),
+        "validation": validation,
+        **training_figures(trainer, result),
+        "adjustments": adjustments,
+        "lean_activations": lean,
+        "onednn_linears": onednn_linears,
+        "allocator": active_allocator(),
+        "estimated_peak_memory_bytes": predicted["total_bytes"],
+        "estimated_memory_components": predicted["components"],
+        **peak_memory(),
+        "started_at": started_at,
+        "versions": versions(),
+    }
+    if guard.problem:
+        summary["diagnosis"] = diagnose(config, guard, epsilon, output_dir)
+    write_json(output_dir / SUMMARY_FILE, summary)
+    if guard.problem:
+        raise UserError(summary["diagnosis"])
+    print(
+        f"{status}: {summary['steps']} steps in {summary['train_runtime_s']:.0f} s; trained weights "
+        f"({saved_bytes / 2**20:.1f} MiB) and run summary in {output_dir}",
+        file=sys.stderr,
+    )
+    return summary
+
+
+def preflight(config: Config, method: Method, output_dir: Path) -> Path | None:
+    """Every check that needs no model: fails in a second instead of after loading. Returns the checkpoint to
+    resume from, if any."""
+    if config.train.eval_steps and not (config.data.val_ratio or config.data.val_path):
+        raise UserError("train.eval_steps needs validation data: set data.val_ratio (e.g. 0.1) or data.val_path")
+    check_precision(config, has_gpu=torch.cuda.is_available())
+    check_quantization(config, method)
+    if config.train.optimizer == "adamw_8bit":
+        require_bitsandbytes("train.optimizer adamw_8bit")
+    if (
+        config.train.gradient_checkpointing
+        and config.train.checkpointing_reentrant
+        and not method.supports_reentrant_checkpointing
+    ):
+        raise UserError(
+            f"method {config.method.name} does not work with reentrant checkpointing; "
+            "set train.checkpointing_reentrant=false (non-reentrant)"
+        )
+    return check_output_dir(output_dir, overwrite=config.train.overwrite, resume=config.train.resume)
+
+
+def prepare_data(config: Config, resolved_path: str, examples, adjustments: list[str]):
+    """The tokenizer (with a pad token, padding on the right), the template, and the encoded samples."""
+    tokenizer = load_tokenizer(config.model, resolved_path)
+    note = ensure_pad_token(tokenizer)
+    if note:
+        adjustments.append(note)
+    tokenizer.padding_side = "right"  # training pads on the right: positions stay 0..n-1 for every sample
+    template = get_template(config.data.template, tokenizer, model_type(resolved_path))
+    config.data.template = template.name  # stored resolved, so generate/chat/merge format prompts the same way
+    max_length = config.data.max_length
+    data = encode_examples(examples, template, tokenizer, max_length, config.data.system, cache=cache_dir() / "tokenized")
+    if data.dropped:
+        adjustments.append(
+            f"dropped {len(data.dropped)} samples whose prompt alone fills data.max_length={max_length} (first: "
+            f"{data.dropped[0]})"
+        )
+    if not data.samples:
+        raise UserError(f"no trainable samples: every prompt fills data.max_length={max_length}; raise it")
+    return tokenizer, template, data
+
+
+def encode_validation(config: Config, val_read, template, tokenizer):
+    """The validation samples, encoded as the training ones (None without validation data)."""
+    if val_read is None:
+        return None
+    val_data = encode_examples(val_read.examples, template, tokenizer, config.data.max_length, config.data.system)
+    if not val_data.samples:
+        raise UserError(f"no validation samples left: every validation prompt fills data.max_length={config.data.max_length}")
+    return val_data
+
+
+def prepare_model(config: Config, method: Method, resolved_path: str, tokenizer, adjustments: list[str]):
+    """The base with the method applied, trained tensors in their dtype, checkpointing set; and Adam's epsilon."""
+    set_seed(config.train.seed)  # before the method initialises its weights
+    model = load_model(config.model, resolved_path)
+    model.config.use_cache = False  # the generation cache is useless in training and costs memory
+    if config.model.quantization != "none":
+        model = prepare_for_training(model)
+    model = method.apply(model, config.method, tokenizer)
+    set_trainable_dtype(model, config, adjustments)
+    epsilon = adam_epsilon(model, config, adjustments)
+    if config.train.gradient_checkpointing:
+        enable_checkpointing(model, reentrant=config.train.checkpointing_reentrant)
+    return model, epsilon
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,116 @@
+"""transformers' Trainer as llm-tuning runs it: the arguments from the config, packed rows or length-grouped
+batches, and the loss computed by training/loss.py on labelled tokens only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
+
+from ..config.sections import Config
+from ..data.encode import IGNORE_INDEX
+from ..data.packing import PackedCollator, pack_rows, packed_forward_inputs, packing_unsupported_reason
+from ..rundir import LOG_FILE
+from ..speed.packed_attention import use_packed_attention
+from ..weights import base_model
+from .callbacks import JsonlLog, ProgressBar
+from .loss import chunked_loss_unsupported_reason, labelled_loss
+
+OPTIMIZERS = {"adamw": "adamw_torch_fused", "adamw_8bit": "adamw_bnb_8bit", "adafactor": "adafactor"}  # Trainer's names
+
+
+class LeanTrainer(Trainer):
+    """transformers' Trainer with two changes to the forward pass: packed batches go in without their
+    attention mask (so restarting position ids make attention block-diagonal) and with their samples' lengths
+    (`packed_segments`, for speed/packed_attention.packed_sdpa), and, when `loss_chunk_size` is set, the loss comes from the
+    decoder's hidden states through LabelledCrossEntropy instead of full logits."""
+
+    def __init__(self, *args, loss_chunk_size: int = 0, packed_attention: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_chunk_size = loss_chunk_size
+        self.packed_attention = packed_attention
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "position_ids" in inputs:  # packed rows
+            inputs = packed_forward_inputs(inputs, with_segments=self.packed_attention)
+        if not self.loss_chunk_size:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        causal_lm = base_model(model)
+        labels = inputs["labels"]
+        decoder_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "use_cache")}
+        hidden = causal_lm.get_decoder()(**decoder_inputs, use_cache=False).last_hidden_state
+        loss = labelled_loss(hidden, causal_lm.get_output_embeddings(), labels, num_items_in_batch, self.loss_chunk_size)
+        return (loss, {"loss": loss}) if return_outputs else loss  # evaluation asks for the loss only (no logits)
+
+
+def build_trainer(
+    config: Config,
+    model,
+    tokenizer,
+    samples: list[dict],
+    adjustments: list[str],
+    adam_epsilon: float,
+    val_samples: list[dict] | None = None,
+) -> LeanTrainer:
+    """transformers' Trainer for the run: packed rows or length-grouped batches, the chunked loss where the model
+    allows it (each fallback noted in `adjustments`), the progress bar and the step log."""
+    t = config.train
+    packing_blocked = packing_unsupported_reason(model) if config.data.packing else None
+    if packing_blocked:
+        adjustments.append(f"data.packing: off ({packing_blocked}); batches grouped by length instead")
+    packed = config.data.packing and not packing_blocked
+    loss_blocked = chunked_loss_unsupported_reason(model) if t.loss_chunk_size else None
+    if loss_blocked:
+        adjustments.append(f"train.loss_chunk_size: full logits ({loss_blocked})")
+    args = TrainingArguments(
+        output_dir=t.output_dir,
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the total steps
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=OPTIMIZERS[t.optimizer],
+        adam_epsilon=adam_epsilon,
+        bf16=t.precision == "bf16",
+        fp16=t.precision == "fp16",
+        max_steps=t.max_steps or -1,
+        num_train_epochs=t.num_epochs,
+        eval_strategy="steps" if t.eval_steps and val_samples else "no",
+        eval_steps=t.eval_steps,
+        per_device_eval_batch_size=t.batch_size,
+        prediction_loss_only=True,
+        logging_steps=t.logging_steps,
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        seed=t.seed,
+        data_seed=t.seed,
+        report_to=[] if t.report_to == "none" else [t.report_to],
+        remove_unused_columns=False,  # our samples carry exactly what the model needs
+        train_sampling_strategy="group_by_length" if config.data.packing and not packed else "random",
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True,  # replaced by ProgressBar, which shows the loss
+        use_cpu=not torch.cuda.is_available(),
+    )
+    if packed:
+        rows, collator = pack_rows(samples, config.data.max_length), PackedCollator(tokenizer.pad_token_id)
+        val_rows = pack_rows(val_samples, config.data.max_length) if val_samples else None
+    else:
+        rows, collator = samples, DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
+        val_rows = val_samples
+    trainer = LeanTrainer(
+        model=model,
+        args=args,
+        train_dataset=rows,
+        eval_dataset=val_rows,
+        data_collator=collator,
+        loss_chunk_size=0 if loss_blocked else t.loss_chunk_size,
+        packed_attention=packed and use_packed_attention(model),
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(ProgressBar())
+    trainer.add_callback(JsonlLog(Path(t.output_dir, LOG_FILE)))
+    return trainer

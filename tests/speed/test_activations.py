@@ -1,0 +1,75 @@
+"""Lean activations: the rewritten gated MLP and LoRA dropout give the plain path's loss and gradients (same seed,
+same dropout masks) while keeping fewer bytes for backward."""
+
+import pytest
+import torch
+
+from helpers import lora_model
+from llm_tuning.speed.activations import keep_fewer_activations
+
+
+def step(model, seed=1):
+    """Loss, gradients and the bytes autograd keeps for backward (each storage counted once)."""
+    storages = {}
+
+    def pack(tensor):
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    torch.manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(2))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads, sum(storages.values())
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2"])
+def test_same_loss_and_gradients_with_fewer_bytes_kept(tiny_models, architecture):
+    plain, lean = lora_model(tiny_models[architecture]), lora_model(tiny_models[architecture])
+    done = keep_fewer_activations(lean)
+    layers = plain.config.num_hidden_layers
+    assert done == [f"{layers} gated MLPs keep gate and up only", f"{7 * layers} LoRA dropouts keep a 1-byte mask"]
+    loss_plain, grads_plain, kept_plain = step(plain)
+    loss_lean, grads_lean, kept_lean = step(lean)
+    assert torch.equal(loss_lean, loss_plain)  # same dropout masks: the same random draws in the same order
+    assert grads_lean.keys() == grads_plain.keys() and any("lora_A" in n for n in grads_lean)
+    for name in grads_plain:
+        torch.testing.assert_close(grads_lean[name], grads_plain[name], atol=1e-6, rtol=1e-5, msg=name)
+    # per layer and token, at least act(gate) (intermediate) and one float mask per adapted projection are gone
+    tokens, config = 2 * 24, plain.config
+    at_least = layers * tokens * 4 * (config.intermediate_size + 3 * config.hidden_size)
+    assert kept_plain - kept_lean >= at_least
+
+
+def test_evaluation_mode_has_no_dropout(tiny_llama):
+    plain, lean = lora_model(tiny_llama).eval(), lora_model(tiny_llama)
+    keep_fewer_activations(lean)
+    lean.eval()
+    ids = torch.tensor([[3, 4, 5, 6, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(lean(input_ids=ids).logits, plain(input_ids=ids).logits, atol=0, rtol=0)
+
+
+def test_leaves_alone_what_it_cannot_rewrite_exactly(tiny_llama):
+    no_dropout = lora_model(tiny_llama, dropout=0.0)
+    assert keep_fewer_activations(no_dropout) == ["2 gated MLPs keep gate and up only"]
+    dora = lora_model(tiny_llama, use_dora=True)
+    assert keep_fewer_activations(dora) == ["2 gated MLPs keep gate and up only"]  # DoRA's dropout path is its own
+
+
+def test_mixed_precision_gradients_keep_the_parameters_dtype(tiny_llama):
+    """Under autocast the forward runs in bf16; the rewritten backward meets that dtype and hands fp32 weights
+    fp32 gradients, close to the plain path's."""
+    plain, lean = lora_model(tiny_llama), lora_model(tiny_llama)
+    keep_fewer_activations(lean)
+    results = []
+    for model in (plain, lean):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            results.append(step(model))
+    (loss_plain, grads_plain, _), (loss_lean, grads_lean, _) = results
+    assert torch.equal(loss_lean, loss_plain)
+    for name, grad in grads_plain.items():
+        assert grads_lean[name].dtype == torch.float32
+        torch.testing.assert_close(grads_lean[name], grad, atol=1e-3, rtol=2e-2, msg=name)

@@ -1,0 +1,127 @@
+"""oneDNN products for frozen linear layers (`train.cpu_matmul=onednn`): only frozen fp32 CPU linears switch, and
+loss and gradients match torch's own products to fp32 rounding."""
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM
+
+from helpers import assert_only_trainable_tensors_changed, lora_model, run_config, train_capturing_model
+from llm_tuning.data.encode import IGNORE_INDEX
+from llm_tuning.speed import cpu_matmul
+from llm_tuning.speed.cpu_matmul import onednn_linear, onednn_linear_forward, use_onednn_matmul, wants_onednn
+from llm_tuning.training import loss as loss_module
+from llm_tuning.training.loss import labelled_loss
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
+
+
+def test_auto_means_onednn_on_x86_cpus_not_made_by_intel(monkeypatch):
+    monkeypatch.setattr(cpu_matmul.platform, "machine", lambda: "x86_64")
+    for vendor, expected in (("AuthenticAMD", True), ("HygonGenuine", True), ("GenuineIntel", False), (None, False)):
+        monkeypatch.setattr(cpu_matmul, "cpu_vendor", lambda vendor=vendor: vendor)
+        assert wants_onednn("auto") is expected, vendor
+        assert wants_onednn("torch") is False and wants_onednn("onednn") is True
+    monkeypatch.setattr(cpu_matmul.platform, "machine", lambda: "aarch64")
+    assert wants_onednn("auto") is False
+
+
+def loss_and_gradients(model):
+    torch.manual_seed(1)  # the same dropout masks
+    ids = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(2))
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2"])
+def test_same_loss_and_gradients_as_torch_products(tiny_models, architecture):
+    plain, switched = lora_model(tiny_models[architecture]), lora_model(tiny_models[architecture])
+    layers = plain.config.num_hidden_layers
+    assert use_onednn_matmul(switched) == 7 * layers + 1  # every frozen projection, and the LM head
+    loss_plain, grads_plain = loss_and_gradients(plain)
+    loss_switched, grads_switched = loss_and_gradients(switched)
+    torch.testing.assert_close(loss_switched, loss_plain, atol=1e-5, rtol=1e-5)
+    assert (
+        grads_switched.keys() == grads_plain.keys() and len(grads_plain) == 2 * 7 * layers
+    )  # lora_A and lora_B on each projection
+    for name in grads_plain:
+        torch.testing.assert_close(grads_switched[name], grads_plain[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def chunked_loss_and_gradients(model, chunk_size: int):
+    torch.manual_seed(1)
+    ids = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(2))
+    labels = ids.clone()
+    labels[:, :5] = IGNORE_INDEX
+    causal_lm = model.get_base_model()
+    loss = labelled_loss(
+        causal_lm.get_decoder()(input_ids=ids).last_hidden_state, causal_lm.get_output_embeddings(), labels, chunk_size=chunk_size
+    )
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+def count_head_products(monkeypatch, reuses_large_blocks: bool) -> list:
+    head_products = []
+    monkeypatch.setattr(loss_module, "onednn_linear", lambda *args: head_products.append(args[0].shape) or onednn_linear(*args))
+    monkeypatch.setattr(loss_module, "malloc_reuses_large_blocks", lambda: reuses_large_blocks)
+    return head_products
+
+
+@pytest.mark.parametrize("chunk_size", [7, 1024])
+def test_chunked_loss_multiplies_a_switched_head_with_onednn(tiny_llama, monkeypatch, chunk_size):
+    plain, switched = lora_model(tiny_llama), lora_model(tiny_llama)
+    use_onednn_matmul(switched)
+    head_products = count_head_products(monkeypatch, reuses_large_blocks=True)  # as on tcmalloc
+    loss_plain, grads_plain = chunked_loss_and_gradients(plain, chunk_size)
+    assert head_products == []
+    loss_switched, grads_switched = chunked_loss_and_gradients(switched, chunk_size)
+    chunks = -(-2 * 19 // chunk_size)  # 2 rows x 19 labelled positions (targets are labels[:, 1:], 4 of them prompt)
+    assert len(head_products) == 2 * chunks  # logits and the hidden states' gradient, per chunk
+    torch.testing.assert_close(loss_switched, loss_plain, atol=1e-5, rtol=1e-5)
+    assert grads_switched.keys() == grads_plain.keys() and grads_plain
+    for name in grads_plain:
+        torch.testing.assert_close(grads_switched[name], grads_plain[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_chunked_loss_keeps_torch_products_on_glibc(tiny_llama, monkeypatch):
+    model = lora_model(tiny_llama)
+    use_onednn_matmul(model)
+    head_products = count_head_products(monkeypatch, reuses_large_blocks=False)
+    chunked_loss_and_gradients(model, chunk_size=7)
+    assert head_products == []  # one reused buffer that torch's product writes into
+
+
+def test_only_frozen_float32_linears_switch(tiny_llama):
+    model = lora_model(tiny_llama)
+    use_onednn_matmul(model)
+    adapters = [m for n, m in model.named_modules() if "lora_A" in n or "lora_B" in n]
+    assert adapters and all("forward" not in vars(m) for m in adapters if isinstance(m, nn.Linear))  # trained: torch's
+    full = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)  # every weight trains
+    assert use_onednn_matmul(full) == 0
+    half = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.bfloat16).requires_grad_(False)
+    assert use_onednn_matmul(half) == 0
+
+
+def test_other_inputs_take_torch_path():
+    linear = nn.Linear(8, 4).requires_grad_(False)
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(onednn_linear_forward(linear, x), linear(x), atol=1e-6, rtol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast picks bf16 products itself
+        assert onednn_linear_forward(linear, x).dtype == torch.bfloat16
+    assert torch.equal(onednn_linear_forward(linear.double(), x.double()), linear(x.double()))
+
+
+def test_training_with_onednn_products(tiny_llama, records_path, tmp_path):
+    run = train_capturing_model(
+        run_config(tiny_llama, records_path, tmp_path / "run", train={"max_steps": 8, "logging_steps": 1, "cpu_matmul": "onednn"})
+    )
+    assert run.summary["onednn_linears"] == 2 * 7 + 1
+    losses = [e["loss"] for e in run.summary["loss_history"]]
+    assert losses[-1] < losses[0]
+    assert_only_trainable_tensors_changed(run)
+    # after training the model is back on torch's products: no linear keeps oneDNN's forward
+    assert not any(
+        getattr(module.__dict__.get("forward"), "func", None) is onednn_linear_forward for module in run.model.modules()
+    )

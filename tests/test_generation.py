@@ -1,0 +1,62 @@
+import json
+
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from helpers import logits
+from llm_tuning import chat, generate
+from llm_tuning.generation import GenerationOptions, Session, read_prompts
+
+
+def test_reloaded_adapter_gives_identical_logits(trained_run):
+    session = Session(adapter=trained_run.output_dir)
+    assert torch.equal(logits(session.model), logits(trained_run.model))
+
+
+def test_adapter_loads_with_plain_peft(trained_run):
+    base = AutoModelForCausalLM.from_pretrained(trained_run.model_path, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, trained_run.output_dir).eval()
+    assert torch.equal(logits(model), logits(trained_run.model))
+    untouched_base = AutoModelForCausalLM.from_pretrained(trained_run.model_path, dtype=torch.float32).eval()
+    assert not torch.allclose(logits(untouched_base), logits(model), atol=1e-3)  # the adapter does something
+
+
+def test_batched_generation_pads_left_and_matches_single(trained_run):
+    prompts = ["Who are you?", "Translate to French\ngood morning, my dear friend", "你是谁？"]
+    options = GenerationOptions(max_new_tokens=8)
+    session = Session(adapter=trained_run.output_dir)
+    conversations = [[{"role": "user", "content": p}] for p in prompts]
+    batched = session.generate(conversations, options)
+    single = [session.generate([c], options)[0] for c in conversations]
+    assert batched == single
+    assert any(batched)
+
+
+def test_generate_function_with_base_and_adapter(trained_run):
+    options = GenerationOptions(max_new_tokens=6)
+    tuned = generate(prompts=["Who are you?"], adapter=trained_run.output_dir, options=options)
+    base = generate({"model": {"path": str(trained_run.model_path)}}, ["Who are you?"], options=options)
+    assert len(tuned) == len(base) == 1 and tuned != base
+
+
+def test_chat_keeps_history_and_resets(trained_run, monkeypatch, capsys):
+    seen = []
+    stream = Session.stream
+
+    def spy(self, conversation, options, write=None):
+        seen.append([m["role"] for m in conversation])
+        return stream(self, conversation, options, write)
+
+    monkeypatch.setattr(Session, "stream", spy)
+    lines = iter(["hello", "and again", "/reset", "fresh start", "/exit"])
+    chat(adapter=trained_run.output_dir, options=GenerationOptions(max_new_tokens=4), read=lambda prompt: next(lines))
+    assert seen == [["user"], ["user", "assistant", "user"], ["user"]]
+    assert capsys.readouterr().out.count("assistant> ") == 3
+
+
+def test_read_prompts(tmp_path):
+    (tmp_path / "p.txt").write_text("one\n\ntwo\n")
+    (tmp_path / "p.jsonl").write_text(json.dumps({"instruction": "Add", "input": "1 and 2"}) + "\n")
+    assert read_prompts(tmp_path / "p.txt") == ["one", "two"]
+    assert read_prompts(tmp_path / "p.jsonl") == ["Add\n1 and 2"]
