@@ -19,6 +19,7 @@ from helpers import (
     H,
     L,
     TrainedRun,
+    TrainingProcesses,
     V,
     run_config,
     save_tiny_model,
@@ -91,6 +92,12 @@ def method_run(tiny_models, records_path, tmp_path_factory):
         return runs[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def training_processes(tmp_path_factory) -> TrainingProcesses:
+    """Runs `llm-tuning train` in child processes (forked, with a kill armed where asked)."""
+    return TrainingProcesses(tmp_path_factory.mktemp("training-processes"))
 
 
 @pytest.fixture(scope="session")

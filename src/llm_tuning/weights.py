@@ -3,7 +3,8 @@
 peft methods (lora, ia3, prompt, ptuning, prefix) save peft's standard adapter (`adapter_config.json`,
 `adapter_model.safetensors`), which plain `PeftModel.from_pretrained` loads. Methods that train the model's
 own parameters (full, freeze, bitfit) save only those tensors (`trained_weights.safetensors`); the base
-model named in the run's config.yaml supplies the rest.
+model named in the run's config.yaml supplies the rest. Each file is written whole; a run is loaded only once
+its manifest.json says that its results are complete.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
 from .errors import UserError
+from .files import files_written_whole, manifest_problem
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 TRAINED_WEIGHTS_FILE = "trained_weights.safetensors"
@@ -29,20 +31,26 @@ def base_model(model):
 
 
 def save_trained(model, run_dir: str | Path) -> int:
-    """Save what trains; returns the bytes written."""
-    run_dir = Path(run_dir)
-    if is_peft_model(model):
-        model.save_pretrained(run_dir)
-        return sum(p.stat().st_size for p in run_dir.glob("adapter_model.*"))
-    # named_parameters lists a tied tensor once, so tied embeddings are saved once and re-tied on load.
-    tensors = {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
-    save_file(tensors, run_dir / TRAINED_WEIGHTS_FILE, metadata={"format": "pt"})
-    return (run_dir / TRAINED_WEIGHTS_FILE).stat().st_size
+    """Save what trains into `run_dir`, each file flushed and renamed into place; returns the bytes written."""
+    with files_written_whole(Path(run_dir)) as folder:
+        if is_peft_model(model):
+            model.save_pretrained(folder)
+            return sum(p.stat().st_size for p in folder.glob("adapter_model.*"))
+        # named_parameters lists a tied tensor once, so tied embeddings are saved once and re-tied on load.
+        tensors = {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+        save_file(tensors, folder / TRAINED_WEIGHTS_FILE, metadata={"format": "pt"})
+        return (folder / TRAINED_WEIGHTS_FILE).stat().st_size
 
 
 def load_trained(model, run_dir: str | Path):
     """The base `model` with a run's trained weights in place (a PeftModel for peft methods)."""
     run_dir = Path(run_dir)
+    problem = manifest_problem(run_dir)
+    if problem:
+        raise UserError(
+            f"{run_dir}: the run's results are not complete: {problem}; if its training stopped early, finish it with "
+            "train.resume=true"
+        )
     if (run_dir / ADAPTER_CONFIG_FILE).is_file():
         return PeftModel.from_pretrained(model, str(run_dir))
     if (run_dir / TRAINED_WEIGHTS_FILE).is_file():

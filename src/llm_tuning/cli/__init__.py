@@ -10,6 +10,7 @@ import warnings
 
 from ..errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, UserError
 from ..speed.allocator import restart_with_preferred_allocator
+from .commands import use_run_allocator
 from .parser import parse_arguments
 
 
@@ -17,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
     try:
         if argv is None:  # a command, not a call from Python: restart on tcmalloc (allocator.py), before torch loads
+            use_run_allocator(args)
             restart_with_preferred_allocator()
         quiet_libraries()
         return args.run(args)

@@ -22,6 +22,27 @@ def cmd_train(args) -> int:
     return EXIT_INTERRUPTED if summary["status"] == "interrupted" else 0
 
 
+def use_run_allocator(args) -> None:
+    """`llm-tuning train ... train.resume=true` restarts on the malloc its run started on (speed/allocator.py), read
+    from the run's run_record.json before torch loads. A config that cannot be read is left to `train` to report."""
+    from ..config.sections import TrainConfig
+    from ..config.sources import apply_overrides, read_source
+    from ..resume import read_run_record
+    from ..speed.allocator import prefer_recorded_allocator
+
+    if args.command != "train":
+        return
+    try:
+        raw, where = read_source(args.config)
+        apply_overrides(raw, where, args.overrides)
+        settings = raw.get("train") or {}
+        if settings.get("resume") is True:
+            output_dir = Path(str(settings.get("output_dir") or TrainConfig.output_dir)).expanduser()
+            prefer_recorded_allocator(os.environ, read_run_record(output_dir))
+    except (UserError, AttributeError, OSError):
+        return
+
+
 def cmd_generate(args) -> int:
     from ..generation import generate, read_prompts, write_answers
 
