@@ -53,6 +53,14 @@ def records_path(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def many_records_path(tmp_path_factory) -> Path:
+    """The records three times over (12): several batches per epoch, so that a resume can fall inside one."""
+    path = tmp_path_factory.mktemp("data") / "records12.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in RECORDS * 3), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
 def trained_run(tiny_llama, records_path, tmp_path_factory) -> TrainedRun:
     """LoRA on the tiny Llama with its native (ChatML) template: 30 steps, a checkpoint every 10."""
     output_dir = tmp_path_factory.mktemp("runs") / "native"

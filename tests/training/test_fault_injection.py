@@ -22,17 +22,17 @@ FINAL_MOMENTS = ("final-weights", "summary")
 CHECKPOINT_MOMENTS = ("checkpoint-write", "checkpoint-rename", "rotation")
 
 
-def variant_config(name: str, tiny_models, records_path, output_dir) -> dict:
+def variant_config(name: str, tiny_models, records, output_dir) -> dict:
     """llama: packed rows, gradient accumulation, validation every 4 steps; bloom (no position ids): unpacked
     batches grouped by length. Both with LoRA dropout, a checkpoint every 3 steps and the loss logged every 2, so
     that most resumes fall between two logging steps and in the middle of an epoch."""
     train = {"save_steps": 3, "logging_steps": 2, "save_total_limit": 2}
     if name == "llama":
-        config = run_config(tiny_models["llama"], records_path, output_dir, data={"val_ratio": 0.25, "max_length": 32})
+        config = run_config(tiny_models["llama"], records, output_dir, data={"val_ratio": 0.25, "max_length": 32})
         train |= {"max_steps": 10, "batch_size": 1, "gradient_accumulation_steps": 2, "eval_steps": 4}
         config["method"] |= {"r": 4, "lora_alpha": 8}
     else:
-        config = run_config(tiny_models["bloom"], records_path, output_dir, data={"val_ratio": 0.25})
+        config = run_config(tiny_models["bloom"], records, output_dir, data={"val_ratio": 0.25})
         train |= {"max_steps": 9, "batch_size": 2}
         config["method"] = {"name": "lora", "r": 4, "lora_alpha": 8}
     config["method"]["lora_dropout"] = 0.1
@@ -96,19 +96,19 @@ def assert_same_result(output_dir, reference) -> None:
 
 
 @pytest.fixture(scope="module")
-def references(training_processes, tiny_models, records_path, tmp_path_factory):
+def references(training_processes, tiny_models, many_records_path, tmp_path_factory):
     """The uninterrupted run of each variant, trained in a child process as the killed ones are."""
     folders = {}
     for name in ("llama", "bloom"):
         folders[name] = tmp_path_factory.mktemp("reference") / name
-        status, printed = training_processes.run(variant_config(name, tiny_models, records_path, folders[name]))
+        status, printed = training_processes.run(variant_config(name, tiny_models, many_records_path, folders[name]))
         assert status == 0, printed[-3000:]
     return folders
 
 
 # Fixed seeds, and moments shared out so that CI kills at every one of them.
 CASES = [
-    ("llama", 0, ("checkpoint-write", "step", "final-weights")),
+    ("llama", 0, ("checkpoint-write", "step")),
     ("bloom", 1, ("log", "checkpoint-rename", "final-weights")),
     ("llama", 2, ("rotation", "summary")),
 ]
@@ -116,9 +116,9 @@ CASES = [
 
 @pytest.mark.parametrize("variant, seed, moments", CASES, ids=[f"{v}-seed{s}" for v, s, _ in CASES])
 def test_killed_and_resumed_run_ends_bit_identical(
-    training_processes, references, tiny_models, records_path, tmp_path, variant, seed, moments
+    training_processes, references, tiny_models, many_records_path, tmp_path, variant, seed, moments
 ):
-    config = variant_config(variant, tiny_models, records_path, tmp_path / "run")
+    config = variant_config(variant, tiny_models, many_records_path, tmp_path / "run")
     kills = kill_schedule(seed, moments, config["train"])
     for kill in kills:
         status, printed = training_processes.run(relaunch(config), kill)
@@ -136,10 +136,10 @@ def test_every_moment_is_killed_at_in_ci():
 
 
 def test_a_full_disk_stops_with_one_line_and_the_checkpoint_before_resumes(
-    training_processes, references, tiny_models, records_path, tmp_path
+    training_processes, references, tiny_models, many_records_path, tmp_path
 ):
     out = tmp_path / "run"
-    config = variant_config("llama", tiny_models, records_path, out)
+    config = variant_config("llama", tiny_models, many_records_path, out)
     status, printed = training_processes.run(relaunch(config), (DISK_FULL, 3))
     assert status == 2, printed[-3000:]
     errors = [line for line in printed.splitlines() if line.startswith("error:")]
