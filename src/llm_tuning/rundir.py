@@ -40,7 +40,7 @@ def check_output_folder(folder: Path, name: str, overwrite: bool, how_to_overwri
     file). Deletes nothing: the caller replaces the old contents once its new ones are ready."""
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{name} '{folder}' exists and is not a directory")
-    if folder.is_dir() and any(folder.iterdir()):
+    if folder.is_dir() and any(not p.name.endswith(PARTIAL_SUFFIX) for p in folder.iterdir()):  # .partial: never complete
         if not overwrite:
             raise UserError(f"{name} '{folder}' is not empty; {how_to_overwrite}")
         if not (folder / marker).is_file():

@@ -39,7 +39,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 
 from ..errors import UserError, first_line
 from ..files import PARTIAL_SUFFIX, folder_written_whole, manifest_problem, write_file_whole, write_json
-from ..rundir import CHECKPOINT_PREFIX, LOG_FILE, checkpoint_folders
+from ..rundir import CHECKPOINT_PREFIX, LOG_FILE, checkpoint_folders, remove_run_manifest
 from .callbacks import log_line
 
 STATE_FILE = "llm_tuning_state.json"  # the Trainer's loss accumulator, which it does not save itself
@@ -171,6 +171,15 @@ def pickle_problem(path: Path) -> str | None:
     except Exception as error:
         return f"{path.name} cannot be read: {first_line(error)}"
     return None
+
+
+def reopen_run_folder(output_dir: Path, checkpoint: Path | None) -> None:
+    """Before a run writes into its folder again: its results are not complete until its new manifest, what
+    interrupted writes left goes, and a resumed run's log is as it was at its checkpoint."""
+    remove_run_manifest(output_dir)
+    remove_partial_writes(output_dir)
+    if checkpoint is not None:
+        restore_log(output_dir, checkpoint)
 
 
 def remove_partial_writes(output_dir: Path) -> None:

@@ -35,7 +35,6 @@ from ..rundir import (
     check_output_dir,
     checkpoint_folders,
     load_run_config,
-    remove_run_manifest,
     save_run_config,
     write_run_manifest,
 )
@@ -44,7 +43,7 @@ from ..speed.allocator import active_allocator, recorded_allocator
 from ..speed.cpu_matmul import use_onednn_matmul, use_torch_matmul, wants_onednn
 from ..weights import save_trained
 from .callbacks import DivergenceGuard, ProgressBar, StopOnInterrupt, interrupt_requests
-from .checkpoints import remove_partial_writes, restore_log, resumable_checkpoint
+from .checkpoints import reopen_run_folder, resumable_checkpoint
 from .gradient_checkpointing import enable_checkpointing
 from .precision import adam_epsilon, check_precision, set_trainable_dtype
 from .summary import data_counts, diagnose, training_figures, validation_figures, versions
@@ -64,8 +63,10 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     resolved_path = resolve_model_path(config.model.path)
     tokenizer, template, data = prepare_data(config, resolved_path, train_read.examples, adjustments)
     val_data = encode_validation(config, val_read, template, tokenizer)
+    fingerprint = data.fingerprint()
     if resume_from:
-        check_same_data(record, data.fingerprint(), output_dir)
+        check_same_data(record, fingerprint, output_dir)
+        print(f"resuming from {resume_from}", file=sys.stderr, flush=True)
     predicted = estimate(config, device=_device())
     if config.train.check_memory:
         check_fits(config, predicted)
@@ -82,13 +83,10 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     if config.train.overwrite and not resume_from and output_dir.exists():
         shutil.rmtree(output_dir)  # only now that data, model and method are known to be good
     output_dir.mkdir(parents=True, exist_ok=True)
-    remove_run_manifest(output_dir)  # from here until the new manifest, the folder's results are not complete
-    remove_partial_writes(output_dir)
-    if resume_from:
-        restore_log(output_dir, resume_from)
+    reopen_run_folder(output_dir, resume_from)
     save_run_config(config, output_dir)
     if not record:
-        write_run_record(output_dir, {"data_sha256": data.fingerprint(), "cpu_matmul": cpu_matmul, **recorded_allocator()})
+        write_run_record(output_dir, {"data_sha256": fingerprint, "cpu_matmul": cpu_matmul, **recorded_allocator()})
     val_samples = val_data.samples if val_data else None
     trainer = build_trainer(config, model, tokenizer, data.samples, adjustments, adam_epsilon=epsilon, val_samples=val_samples)
     guard = DivergenceGuard(model)
