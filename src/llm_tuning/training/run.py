@@ -78,7 +78,7 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     use_torch_matmul(model)  # validation and the caller's model compute as the saved weights will after reloading
     status = "diverged" if guard.problem else "interrupted" if interrupted else "completed"
     validation = validation_figures(trainer, len(val_samples)) if val_samples and status == "completed" else None
-    saved_bytes = 0 if guard.problem else save_trained(model, output_dir)  # never save a diverged model
+    saved_bytes = 0 if guard.problem else save_trained(model, output_dir, config.method)  # never save a diverged model
 
     summary = {
         "status": status,
