@@ -1,5 +1,5 @@
 """A run's folder: the files a training run writes (its resolved config.yaml, log.jsonl, run_summary.json,
-checkpoints), and the rule for every command that writes a folder: never into a non-empty one unless asked,
+loss.png, checkpoints), and the rule for every command that writes a folder: never into a non-empty one unless asked,
 and then only over a folder that llm-tuning wrote itself."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from .errors import UserError
 RUN_CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "run_summary.json"
 LOG_FILE = "log.jsonl"
+LOSS_CHART = "loss.png"
 CHECKPOINT_PREFIX = "checkpoint-"
 
 

@@ -28,7 +28,8 @@ from ..models.loading import ensure_pad_token, load_model, load_tokenizer
 from ..models.quantization import check_quantization, prepare_for_training, require_bitsandbytes
 from ..models.resolve import model_type, resolve_model_path
 from ..params import count_parameters, trainable_line
-from ..rundir import SUMMARY_FILE, check_output_dir, save_run_config, write_json
+from ..plots import loss_chart
+from ..rundir import LOSS_CHART, SUMMARY_FILE, check_output_dir, save_run_config, write_json
 from ..speed.activations import keep_fewer_activations
 from ..speed.allocator import active_allocator
 from ..speed.cpu_matmul import use_onednn_matmul, use_torch_matmul, wants_onednn
@@ -36,7 +37,7 @@ from ..weights import save_trained
 from .callbacks import DivergenceGuard, StopOnInterrupt, interrupt_requests
 from .gradient_checkpointing import enable_checkpointing
 from .precision import adam_epsilon, check_precision, set_trainable_dtype
-from .summary import data_counts, diagnose, training_figures, validation_figures, versions
+from .summary import curves, data_counts, diagnose, training_figures, validation_figures, versions
 from .trainer import build_trainer
 
 
@@ -107,6 +108,12 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     if guard.problem:
         summary["diagnosis"] = diagnose(config, guard, epsilon, output_dir)
     write_json(output_dir / SUMMARY_FILE, summary)
+    if summary["loss_history"]:
+        loss_chart(
+            [curves(summary, Path(output_dir).name)],
+            output_dir / LOSS_CHART,
+            title=f"{config.method.name} on {Path(config.model.path).name}",
+        )
     if guard.problem:
         raise UserError(summary["diagnosis"])
     print(
