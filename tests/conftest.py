@@ -137,3 +137,24 @@ def shapes(tmp_path_factory):
         (root / name / "config.json").write_text(json.dumps(config))  # nothing else: no weights, no tokenizer
         folders[name] = root / name
     return folders
+
+
+@pytest.fixture(scope="session")
+def comparison(tiny_llama, tmp_path_factory):
+    """A finished comparison on the tiny Llama: the base row, LoRA, bottleneck adapters, and BitFit, which fails
+    (Llama has no biases). 20 records, 2 held out; 4 steps each."""
+    from llm_tuning import compare
+
+    root = tmp_path_factory.mktemp("compare")
+    data = root / "records.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in RECORDS * 5), encoding="utf-8")
+    path = root / "compare.yaml"
+    path.write_text(
+        f"base:\n  model: {{path: {tiny_llama}}}\n  data: {{path: {data}, max_length: 64}}\n"
+        "  train: {max_steps: 4, batch_size: 4, learning_rate: 1.0e-2, logging_steps: 1, save_steps: 1000}\n"
+        "variants:\n  - {name: lora, method: {name: lora, r: 4, target_modules: all-linear}}\n"
+        "  - {name: adapter, method: {name: adapter, bottleneck_size: 8}}\n  - {name: bitfit, method: {name: bitfit}}\n",
+        encoding="utf-8",
+    )
+    report = compare(path, output=root / "out", eval_prompts=2, max_new_tokens=4)
+    return path, root / "out", report

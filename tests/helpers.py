@@ -31,6 +31,7 @@ import llm_tuning.training.callbacks as callbacks
 import llm_tuning.training.checkpoints as checkpoints
 import llm_tuning.training.run as run
 from llm_tuning.cli import main
+from llm_tuning.methods.adapter import is_adapted
 from llm_tuning.methods.registry import get_method
 from llm_tuning.weights import is_peft_model
 
@@ -179,8 +180,8 @@ def assert_only_trainable_tensors_changed(run: TrainedRun) -> None:
     peft = is_peft_model(model)
     inner = model.get_base_model() if peft else model
     frozen = {n.replace(".base_layer", ""): p for n, p in inner.named_parameters() if not p.requires_grad}
-    # peft methods train only their own added tensors; full / freeze / bitfit train some of the base's.
-    trained_base_names = set() if peft else set(trainable)
+    # adapters (peft's, bottleneck ones) train only their own added tensors; full / freeze / bitfit some of the base's
+    trained_base_names = set() if peft or is_adapted(model) else set(trainable)
     base = load_file(run.model_path / "model.safetensors")
     assert set(base) == set(frozen) | trained_base_names
     for name, weight in base.items():
@@ -227,6 +228,8 @@ METHOD_CASES = {
         1e-2,
     ),
     "ia3": ({"name": "ia3"}, 1e-1),
+    "adapter": ({"name": "adapter", "bottleneck_size": 8}, 1e-2),
+    "adapter_pfeiffer": ({"name": "adapter", "placement": "pfeiffer", "non_linearity": "gelu", "dropout": 0.1}, 1e-2),
 }
 
 

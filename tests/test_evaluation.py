@@ -62,3 +62,22 @@ def test_eval_without_model_is_an_error(records_path, capsys):
 def test_eval_limit_must_be_positive(trained_run, records_path, limit, capsys):
     assert main(["eval", "--adapter", str(trained_run.output_dir), "--data", str(records_path), "--limit", limit]) == 2
     assert "--limit must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["prompt", "ptuning_mlp", "prefix", "adapter"])
+def test_reference_loss_of_every_kind_of_run_is_the_labelled_tokens_loss(method_run, records_path, case):
+    """Prompt and P-tuning put virtual tokens before the input, so the model returns logits for them too: the loss
+    must be read off the input's own positions (peft's own labelled loss is the reference)."""
+    import torch
+
+    from llm_tuning.data.encode import encode_example
+    from llm_tuning.data.records import read_examples
+    from llm_tuning.evaluation import reference_loss
+    from llm_tuning.generation import Session
+
+    session = Session(adapter=method_run(case, "llama").output_dir)
+    example = read_examples(str(records_path)).examples[0]
+    sample = encode_example(example, session.template, session.tokenizer, 64)
+    with torch.no_grad():
+        expected = session.model(input_ids=torch.tensor([sample["input_ids"]]), labels=torch.tensor([sample["labels"]])).loss
+    assert reference_loss(session, [example]) == pytest.approx(expected.item(), rel=1e-5)

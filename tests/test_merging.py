@@ -58,14 +58,14 @@ def test_merge_of_every_mergeable_method_matches(method_run, case, architecture,
     torch.testing.assert_close(logits(merged), logits(run.model), atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("case", ["prompt", "ptuning_mlp", "prefix"])
-def test_merge_of_prompt_methods_is_refused_with_the_reason(method_run, case, tmp_path):
+@pytest.mark.parametrize("case", ["prompt", "ptuning_mlp", "prefix", "adapter"])
+def test_merge_of_methods_that_cannot_fold_is_refused_with_the_reason(method_run, case, tmp_path):
     run = method_run(case, "llama")
     with pytest.raises(
         UserError,
         match=(
-            r"cannot be merged: its (virtual tokens|prefixes) are extra .*nothing to fold into the weights; serve it with "
-            r"--adapter"
+            r"cannot be merged: its (virtual tokens|prefixes|adapters) (are extra|apply a non-linear function).*"
+            r"(nothing to fold into the weights|cannot be folded into a weight); serve it with --adapter"
         ),
     ):
         merge(run.output_dir, tmp_path / "merged")

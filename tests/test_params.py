@@ -58,6 +58,10 @@ def test_known_answers(shapes):
             None,
         ),
         (["method.name=ia3"], L * (H + H + F), None),  # k_proj and v_proj outputs, down_proj input
+        # bottleneck adapters: 2 x hidden x bottleneck + bottleneck + hidden each; 2 per layer (houlsby), 1 (pfeiffer)
+        (["method.name=adapter"], L * 2 * (2 * H * (H // 16) + H // 16 + H), L * 2 * (2 * H * (H // 16) + H // 16 + H)),
+        (["method.name=adapter", "method.placement=pfeiffer", "method.bottleneck_size=64"], L * (2 * H * 64 + 64 + H), None),
+        (["method.name=adapter", "method.layers_to_transform=[0, 31]"], 2 * 2 * (2 * H * 256 + 256 + H), None),
         # modules_to_save trains (and adds) a full copy of the head beside the default LoRA
         (["method.name=lora", "method.modules_to_save=[lm_head]"], L * 2 * 8 * (H + H) + V * H, L * 2 * 8 * (H + H) + V * H),
     ],

@@ -1,6 +1,6 @@
 """llm-tuning: config-driven fine-tuning of causal language models on modest hardware.
 
-    from llm_tuning import train, generate, merge
+    from llm_tuning import train, generate, merge, compare
     summary = train("examples/demo.yaml", overrides=["train.max_steps=20"])
     print(generate(adapter=summary["config"]["train"]["output_dir"], prompts=["Who are you?"]))
 
@@ -23,6 +23,7 @@ PUBLIC = {
     "generate": "llm_tuning.generation",
     "chat": "llm_tuning.generation",
     "merge": "llm_tuning.merging",
+    "compare": "llm_tuning.comparison.runner",
     "load_config": "llm_tuning.config.load",
     "UserError": "llm_tuning.errors",
 }

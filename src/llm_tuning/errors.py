@@ -5,6 +5,7 @@ the CLI prints its message after `error: ` and exits with status 2, without a tr
 Anything else is a bug in llm-tuning and keeps its traceback.
 """
 
+EXIT_FAILURE = 1  # the work itself failed (as a traceback exits, for a bug)
 EXIT_USER_ERROR = 2  # bad input: config, data, paths, options
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 

@@ -91,7 +91,8 @@ def reference_loss(session: Session, examples) -> float:
             sample = encode_example(example, session.template, session.tokenizer, max_length, session.config.data.system)
             input_ids = torch.tensor([sample["input_ids"]], device=session.device)
             targets = torch.tensor(sample["labels"][1:], device=session.device)
-            logits = session.model(input_ids=input_ids).logits[0, :-1].float()
+            # prompt and P-tuning return logits for their virtual tokens first: the input's own are the last ones
+            logits = session.model(input_ids=input_ids).logits[0, -input_ids.shape[1] : -1].float()
             total += torch.nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum").item()
             count += int((targets != IGNORE_INDEX).sum())
     return total / max(count, 1)

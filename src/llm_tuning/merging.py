@@ -37,9 +37,8 @@ def merge(adapter: str | Path, output: str | Path, overwrite: bool = False) -> P
     if is_peft_model(model):
         model = model.merge_and_unload()
     template = get_template(config.data.template, tokenizer, model_type(path))
-    if template.jinja:
-        # Carry the format the model was trained with, so that chat tools serve it the same way.
-        tokenizer.chat_template = template.jinja
+    # Carry the format the model was trained with (and its system prompt), so that chat tools serve it the same way.
+    tokenizer.chat_template = template.chat_template(tokenizer, config.data.system)
 
     with folder_written_whole(output, manifest=True) as partial:
         model.save_pretrained(partial, safe_serialization=True)

@@ -1,6 +1,6 @@
 """A run's folder: the files a training run writes (its resolved config.yaml, log.jsonl, run_summary.json,
-checkpoints, and manifest.json once its results are written whole), and the rule for every command that writes a
-folder: never into a non-empty one unless asked, and then only over a folder that llm-tuning wrote itself."""
+loss.png, checkpoints, and manifest.json once its results are written whole), and the rule for every command that
+writes a folder: never into a non-empty one unless asked, and then only over a folder that llm-tuning wrote itself."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from .files import MANIFEST_FILE, PARTIAL_SUFFIX, fsync, manifest_problem, write
 RUN_CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "run_summary.json"
 LOG_FILE = "log.jsonl"
+LOSS_CHART = "loss.png"
 CHECKPOINT_PREFIX = "checkpoint-"
 
 

@@ -154,3 +154,45 @@ def test_auto_picks_the_family_format_without_a_chat_template(qwen):
     assert resolve_template_name("auto", plain, "qwen2") == "chatml"
     assert resolve_template_name("auto", plain, "gpt2") == "plain"
     assert resolve_template_name("auto", qwen, "qwen2") == "native"  # the model's own template first
+
+
+SPECIALS = [
+    "<|begin_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "[gMASK]",
+    "sop",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<s>",
+]
+CONVERSATIONS = [
+    [{"role": "user", "content": "你好，请问你是谁？"}],
+    [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}, {"role": "user", "content": "2+2?"}],
+]
+
+
+@pytest.fixture(scope="module")
+def every_family():
+    tokenizer = AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
+    tokenizer.add_special_tokens({"additional_special_tokens": SPECIALS})
+    return tokenizer
+
+
+@pytest.mark.parametrize("name", ["plain", "llama2", "llama3", "chatglm3", "chatml", "native"])
+@pytest.mark.parametrize("system", [None, "Be brief."])
+@pytest.mark.parametrize("turns", [0, 1], ids=["one-turn", "multi-turn"])
+def test_chat_template_renders_the_training_prompt_token_for_token(every_family, name, system, turns):
+    """A merged or exported model carries its template as Jinja; rendered and tokenised whole, it must give the ids
+    training encoded (the system prompt as data.system, or as the conversation's own first turn)."""
+    template = get_template(name, every_family)
+    messages = CONVERSATIONS[turns]
+    expected = template.prompt_ids(every_family, messages, system)
+    if name == "plain" and turns:
+        pytest.skip("plain tokenises 'Assistant: ' and the answer apart, as the tutorials do; whole, they merge")
+    jinja = template.chat_template(every_family, default_system=system)
+    for given in (messages, [{"role": "system", "content": system}] + messages if system else messages):
+        text = every_family.apply_chat_template(given, chat_template=jinja, tokenize=False, add_generation_prompt=True)
+        assert every_family(text, add_special_tokens=False)["input_ids"] == expected, text

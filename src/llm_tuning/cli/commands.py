@@ -12,7 +12,7 @@ import re
 import sys
 from pathlib import Path
 
-from ..errors import EXIT_INTERRUPTED, UserError
+from ..errors import EXIT_FAILURE, EXIT_INTERRUPTED, UserError
 
 
 def cmd_train(args) -> int:
@@ -101,6 +101,70 @@ def cmd_merge(args) -> int:
 
     merge(args.adapter, args.output, overwrite=args.overwrite)
     return 0
+
+
+def cmd_compare(args) -> int:
+    from ..comparison.runner import compare
+
+    for name in ("eval_prompts", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    report = compare(
+        args.compare_file,
+        args.overrides,
+        output=args.output,
+        plan=args.plan,
+        device=args.device,
+        eval_prompts=args.eval_prompts,
+        max_new_tokens=args.max_new_tokens,
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    elif args.plan:
+        print_plan(report)
+    else:
+        print_comparison(report)
+    if args.plan:
+        return 0
+    return {"completed": 0, "interrupted": EXIT_INTERRUPTED}.get(report["status"], EXIT_FAILURE)
+
+
+def print_plan(report: dict) -> None:
+    for row in report["variants"]:
+        print(f"{row['name']} ({row['method']})")
+        if row["error"]:
+            print(f"  cannot run: {row['error']}")
+            continue
+        print(f"  {row['trainable_line']}")
+        parts = ", ".join(f"{name} {_gib(size)}" for name, size in row["estimated_memory_components"].items())
+        print(f"  estimated peak {_gib(row['estimated_peak_memory_bytes'])} on {report['device']}: {parts}")
+
+
+def print_comparison(report: dict) -> None:
+    print(f"{'':<20}{'trainable':>14}{'peak MiB':>10}{'tokens/s':>10}{'held-out':>10}{'BLEU-4':>8}{'ROUGE-L':>9}")
+    for row in [report["base"], *report["variants"]]:
+        if row["status"] != "completed":
+            print(f"{row['name']:<20}{row['status']}: {row.get('error') or ''}")
+            continue
+        trained = row["name"] != "base"  # the base row trains nothing: no parameters, memory or speed to show
+        figures = [
+            f"{row['trainable_params']:>14,d}" if trained else f"{'-':>14}",
+            f"{row['peak_memory_bytes'] / 2**20:>10,.0f}" if trained else f"{'-':>10}",
+            f"{row['tokens_per_s']:>10.1f}" if trained else f"{'-':>10}",
+            f"{row['val_loss']:>10.4f}",
+            f"{row['bleu4']:>8.2f}",
+            f"{row['rougeL']:>9.2f}",
+        ]
+        print(f"{row['name']:<20}" + "".join(figures))
+    print(f"{report['status']}; results.json, report.md and report.html in {report['output']}", file=sys.stderr)
+
+
+def cmd_compare_variant(args) -> int:
+    from ..comparison.worker import run_job
+
+    return run_job(args.job)
 
 
 def cmd_params(args) -> int:

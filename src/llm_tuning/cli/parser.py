@@ -8,6 +8,8 @@ import os
 from .. import __version__
 from .commands import (
     cmd_chat,
+    cmd_compare,
+    cmd_compare_variant,
     cmd_estimate,
     cmd_eval,
     cmd_generate,
@@ -140,6 +142,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, metavar="DIR", help="where to write the merged model")
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it holds an earlier merged model")
     p.set_defaults(run=cmd_merge)
+
+    p = commands.add_parser(
+        "compare",
+        help="run methods side by side on the same data and report what each costs and gives",
+        description="Read a compare file (a base config and named variants, each a set of overrides), then train "
+        "each variant in its own process on the same data, seed and steps, measure each on the same held-out "
+        "records, and write results.json, report.md and report.html (charts embedded) to --output. With --plan, "
+        "only count what each trains and estimate its peak memory, from config.json alone. Exit status 0 when every "
+        "variant completed, 1 when some failed, 2 for bad input, 130 when interrupted.",
+    )
+    p.add_argument("compare_file", metavar="COMPARE_FILE", help="YAML with base (a config path or its sections) and variants")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="applied to every variant, last")
+    p.add_argument("--plan", action="store_true", help="trainable parameters and estimated peak memory only, no weights")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="--plan: whose memory to estimate (default cpu)")
+    p.add_argument("--output", metavar="DIR", help="the report folder (default runs/compare-NAME); variants in DIR/runs/NAME")
+    p.add_argument(
+        "--eval-prompts", type=int, default=20, metavar="N", help="held-out prompts answered for BLEU/ROUGE (default 20)"
+    )
+    p.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="longest answer to those prompts (default 128)")
+    p.add_argument("--resume", action="store_true", help="keep the variants already complete in DIR, run the others")
+    p.add_argument("--overwrite", action="store_true", help="replace DIR if it holds an earlier comparison")
+    p.add_argument("--json", action="store_true", help="print the plan or the results as JSON")
+    p.set_defaults(run=cmd_compare)
+
+    p = commands.add_parser("_compare-variant")  # one row of a comparison, in its own process; no help: internal
+    p.add_argument("job", metavar="JOB")
+    p.set_defaults(run=cmd_compare_variant)
     return parser
 
 

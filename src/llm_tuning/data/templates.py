@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UserError
-
-Segment = tuple[list[int], bool]  # token ids, trained?
+from .native_template import NativeTemplate, jinja_literal
+from .tokens import Segment, eos_id, special_id, text_ids
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,6 @@ class FormatTemplate:
     prefix: tuple = ()  # once, at the start of the conversation
     after_assistant: tuple = ()
     system_in_first_user: tuple = ()  # Llama 2 puts the system prompt inside the first [INST]
-    jinja: str | None = None  # the same format as a Jinja chat template, written into merged models
 
     def segments(self, tokenizer, messages: list[dict], system: str | None = None) -> list[Segment]:
         """The whole conversation, each part marked trained (assistant turns) or masked."""
@@ -72,9 +71,9 @@ class FormatTemplate:
     def stop_ids(self, tokenizer) -> list[int]:
         """Where generation stops: the EOS, and the end-of-turn token the assistant's turn ends with."""
         last = self.assistant[-1]
-        ids = [_eos_id(tokenizer)]
+        ids = [eos_id(tokenizer)]
         if isinstance(last, Token) and last is not EOS:
-            ids.append(_special_id(tokenizer, last.text, self.name))
+            ids.append(special_id(tokenizer, last.text, self.name))
         return sorted(set(ids))
 
     def _ids(self, tokenizer, parts: tuple, content) -> list[int]:
@@ -82,13 +81,53 @@ class FormatTemplate:
         ids: list[int] = []
         for part in parts:
             if part is EOS:
-                ids.append(_eos_id(tokenizer))
+                ids.append(eos_id(tokenizer))
             elif isinstance(part, Token):
-                ids.append(_special_id(tokenizer, part.text, self.name))
+                ids.append(special_id(tokenizer, part.text, self.name))
             else:
                 text = part.replace("{system}", system or "").replace("{content}", content)
-                ids += _text_ids(tokenizer, text) if text else []
+                ids += text_ids(tokenizer, text) if text else []
         return ids
+
+    def chat_template(self, tokenizer, default_system: str | None = None) -> str:
+        """The same format as a Jinja chat template (transformers' and llama.cpp's), so that a merged or exported
+        model is prompted as it was trained; `default_system` stands where the conversation brings none."""
+        system = jinja_literal(default_system) if default_system else "none"
+        return "".join(
+            [
+                "{%- if messages and messages[0]['role'] == 'system' -%}",
+                "{%- set system = messages[0]['content'] -%}{%- set turns = messages[1:] -%}",
+                f"{{%- else -%}}{{%- set system = {system} -%}}{{%- set turns = messages -%}}{{%- endif -%}}",
+                _jinja(self.prefix),
+                f"{{%- if system -%}}{_jinja(self.system, 'system')}{{%- endif -%}}" if not self.system_in_first_user else "",
+                "{%- for message in turns -%}{%- if message['role'] == 'user' -%}",
+                f"{{%- if loop.first and system -%}}{_jinja(self.system_in_first_user)}{{%- else -%}}"
+                if self.system_in_first_user
+                else "",
+                _jinja(self.user),
+                "{%- endif -%}" if self.system_in_first_user else "",
+                f"{{%- elif message['role'] == 'assistant' -%}}{_jinja(self.assistant)}{_jinja(self.after_assistant)}",
+                "{%- endif -%}{%- endfor -%}",
+            ]
+        )
+
+
+def _jinja(parts: tuple, content: str = "message['content']") -> str:
+    """A format's parts as Jinja: text as string literals, `{content}` as the variable `content` names (the turn's
+    text, or the system prompt in the system part), special tokens as their text, the EOS as the tokenizer's."""
+    pieces = []
+    for part in parts:
+        if part is EOS:
+            pieces.append("eos_token")
+        elif isinstance(part, Token):
+            pieces.append(jinja_literal(part.text))
+        else:
+            for index, text in enumerate(part.replace("{system}", "\0system\0").replace("{content}", "\0content\0").split("\0")):
+                if index % 2:
+                    pieces.append("system" if text == "system" else content)
+                elif text:
+                    pieces.append(jinja_literal(text))
+    return "{{- " + " + ".join(pieces) + " -}}" if pieces else ""
 
 
 PLAIN = FormatTemplate(
@@ -96,13 +135,6 @@ PLAIN = FormatTemplate(
     system=("{content}\n\n",),
     user=("Human: {content}\n\nAssistant: ",),
     assistant=("{content}", EOS),
-    jinja=(
-        "{% for message in messages %}"
-        "{% if message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}"
-        "{% elif message['role'] == 'user' %}{{ 'Human: ' + message['content'] + '\\n\\nAssistant: ' }}"
-        "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}{% endif %}"
-        "{% endfor %}"
-    ),
 )
 LLAMA2 = FormatTemplate(
     name="llama2",  # <s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {answer} </s>
@@ -175,87 +207,3 @@ def resolve_template_name(name: str, tokenizer, model_type: str | None = None) -
 def get_template(name: str, tokenizer, model_type: str | None = None):
     name = resolve_template_name(name, tokenizer, model_type)
     return NativeTemplate() if name == "native" else FORMATS[name]
-
-
-def _text_ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def _eos_id(tokenizer) -> int:
-    if tokenizer.eos_token_id is None:
-        raise UserError("the tokenizer has no EOS token; a model trained without one never learns to stop")
-    return tokenizer.eos_token_id
-
-
-def _special_id(tokenizer, token: str, template: str) -> int:
-    token_id = tokenizer.convert_tokens_to_ids(token)
-    if token_id is None or token_id == tokenizer.unk_token_id:
-        raise UserError(
-            f"template {template} needs the special token {token!r}, which this tokenizer lacks; pick another data.template"
-        )
-    return token_id
-
-
-class NativeTemplate:
-    """The tokenizer's own chat template. Each assistant turn is what the template adds for it, cut right after
-    the EOS (the template's trailing newline is masked), or given one if it has none; the rest is masked."""
-
-    name = "native"
-    jinja = None
-
-    def segments(self, tokenizer, messages: list[dict], system: str | None = None) -> list[Segment]:
-        messages = ([{"role": "system", "content": system}] if system else []) + messages
-        segments: list[Segment] = []
-        done = ""  # the text of the conversation covered so far
-        eos = _eos_id(tokenizer)
-        for index, message in enumerate(messages):
-            if message["role"] != "assistant":
-                continue
-            prompt_text = self._render(tokenizer, messages[:index], generation_prompt=True)
-            full_text = self._render(tokenizer, messages[: index + 1], generation_prompt=False)
-            if not (prompt_text.startswith(done) and full_text.startswith(prompt_text)):
-                return self._segments_by_search(tokenizer, messages)  # the template rewrites earlier turns
-            segments.append((_text_ids(tokenizer, prompt_text[len(done) :]), False))
-            answer = _text_ids(tokenizer, full_text[len(prompt_text) :])
-            if eos in answer:
-                cut = len(answer) - answer[::-1].index(eos)
-                segments += [(answer[:cut], True), (answer[cut:], False)]
-            else:
-                segments.append((answer + [eos], True))
-            done = full_text
-        return [(ids, trained) for ids, trained in segments if ids]
-
-    def _segments_by_search(self, tokenizer, messages: list[dict]) -> list[Segment]:
-        """For templates that rewrite earlier turns (Qwen3 drops their reasoning): render the whole conversation
-        once and train each answer where it appears, up to and including the EOS that follows it."""
-        text = self._render(tokenizer, messages, generation_prompt=False)
-        eos_text, eos = tokenizer.eos_token, _eos_id(tokenizer)
-        segments: list[Segment] = []
-        cursor = 0
-        for message in messages:
-            if message["role"] != "assistant":
-                continue
-            start = text.find(message["content"], cursor)
-            if start < 0:
-                raise UserError("the tokenizer's chat template does not render the answers as given; use another data.template")
-            end = text.find(eos_text, start + len(message["content"]))
-            answer = _text_ids(
-                tokenizer, text[start : end + len(eos_text)] if end >= 0 else text[start : start + len(message["content"])]
-            )
-            segments += [(_text_ids(tokenizer, text[cursor:start]), False), (answer if end >= 0 else answer + [eos], True)]
-            cursor = end + len(eos_text) if end >= 0 else start + len(message["content"])
-        segments.append((_text_ids(tokenizer, text[cursor:]), False))
-        return [(ids, trained) for ids, trained in segments if ids]
-
-    def prompt_ids(self, tokenizer, messages: list[dict], system: str | None = None) -> list[int]:
-        messages = ([{"role": "system", "content": system}] if system else []) + messages
-        return _text_ids(tokenizer, self._render(tokenizer, messages, generation_prompt=True))
-
-    def stop_ids(self, tokenizer) -> list[int]:
-        return [_eos_id(tokenizer)]
-
-    @staticmethod
-    def _render(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
-        if not messages:
-            return ""
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)

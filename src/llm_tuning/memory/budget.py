@@ -18,7 +18,7 @@ def propose_for_budget(config: Config, budget: int, device: str = "cpu") -> dict
     gradient accumulation. None if nothing fits."""
     effective = config.train.batch_size * config.train.gradient_accumulation_steps
     choices = [[], ["train.gradient_checkpointing=true"]]
-    if get_method(config.method.name).peft and config.model.quantization == "none":
+    if not get_method(config.method.name).trains_base and config.model.quantization == "none":
         choices.append(["train.gradient_checkpointing=true", "model.quantization=4bit"])
     for extra in choices:
         for batch in sorted({b for b in (effective, 64, 32, 16, 8, 4, 2, 1) if b <= effective}, reverse=True):

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..config.load import as_config
 from ..config.sections import Config
+from ..methods.adapter import BottleneckAdapter
 from ..methods.registry import get_method
 from ..params import meta_model, tokenizer_if_any
 from ..speed.activations import is_gated_mlp
@@ -63,7 +64,7 @@ def estimate(
     model = method.apply(model, config.method, tokenizer_if_any(path))
     trained = [p for p in model.parameters() if p.requires_grad]
     trained_count = sum(p.numel() for p in trained)
-    added = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and method.peft)
+    added = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and not method.trains_base)
     shape = model_config.get_text_config()
     tokens = config.train.batch_size * (config.data.max_length + virtual_input_tokens(model))
     malloc = cpu_malloc(allocator) if device == "cpu" else None
@@ -76,7 +77,7 @@ def estimate(
         "logits": logits_bytes(config, model, tokens, shape.vocab_size),
         "overhead": CPU_BASELINE_BYTES[malloc] if malloc else CUDA_CONTEXT_BYTES,
     }
-    if not method.peft:
+    if method.trains_base:
         # The model's own weight gradients are allocated layer by layer in the backward pass while that layer's
         # activations are freed: the smaller of the two is not held on top of the other (measured: full, freeze).
         components["overlap"] = -min(components["gradients"], activations)
@@ -177,7 +178,8 @@ def trained_projection_inputs(model, hidden: int) -> dict[int, int]:
     LoRA / feed-forward IA3 adapter) needs its input, which frozen layers do not keep: the normalised block input
     once per attention and once per MLP (q/k/v share one, gate/up share one), the intermediate activation for a
     down projection; the attention output is kept anyway (o_proj adds nothing). An output-scaling IA3 vector
-    keeps the projection's output."""
+    keeps the projection's output. A bottleneck adapter keeps its input, its bottleneck before and after the
+    non-linearity (and the dropout's mask)."""
     extra: dict[int, int] = {}
     shared_inputs: set[tuple[int, str]] = set()
     adapters: list[str] = []
@@ -185,12 +187,18 @@ def trained_projection_inputs(model, hidden: int) -> dict[int, int]:
         if any(name.startswith(prefix + ".") for prefix in adapters):
             continue  # the adapter's own sub-layers (lora_A, lora_B, base_layer): counted with the adapter
         layer = re.search(r"\.(?:layers|h|blocks)\.(\d+)\.", name + ".")
+        if isinstance(module, BottleneckAdapter):
+            adapters.append(name)
+            bottleneck_values = (3 if module.dropout.p else 2) * module.down.out_features
+            extra[int(layer.group(1))] = extra.get(int(layer.group(1)), 0) + module.down.in_features + bottleneck_values
+            continue
         is_adapter = hasattr(module, "base_layer") and hasattr(module, "in_features")
         if is_adapter:
             adapters.append(name)
         if layer is None or not (is_adapter or isinstance(module, nn.Linear)):
             continue
-        if not any(p.requires_grad for p in module.parameters()):
+        # a plain layer by its own weight and bias (a bottleneck adapter may hang below a frozen one)
+        if not any(p.requires_grad for p in module.parameters(recurse=is_adapter)):
             continue
         index = int(layer.group(1))
         if getattr(module, "is_feedforward", None) is False:  # IA3 on k/v scales the output

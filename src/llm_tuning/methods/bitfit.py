@@ -25,4 +25,4 @@ def apply(model, options: Options, tokenizer=None):
 
 
 # the trained biases replace the base's: merge writes them as a standalone folder
-METHOD = Method(name="bitfit", options=Options, apply=apply, peft=False)
+METHOD = Method(name="bitfit", options=Options, apply=apply, trains_base=True)

@@ -57,4 +57,4 @@ def _head_parameter_names(model, layers_name: str) -> set[str]:
 
 
 # the trained weights replace the base's: merge writes them as a standalone folder
-METHOD = Method(name="freeze", options=Options, apply=apply, peft=False)
+METHOD = Method(name="freeze", options=Options, apply=apply, trains_base=True)

@@ -19,4 +19,4 @@ def apply(model, options: Options, tokenizer=None):
 
 
 # the trained weights are the model: merge writes them as a standalone folder
-METHOD = Method(name="full", options=Options, apply=apply, peft=False)
+METHOD = Method(name="full", options=Options, apply=apply, trains_base=True)

@@ -31,4 +31,4 @@ def apply(model, options: Options, tokenizer=None):
 
 
 # the scaling vectors fold into the frozen weights
-METHOD = Method(name="ia3", options=Options, apply=apply, peft=True)
+METHOD = Method(name="ia3", options=Options, apply=apply, trains_base=False)

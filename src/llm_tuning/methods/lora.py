@@ -38,4 +38,4 @@ def apply(model, options: Options, tokenizer=None):
 
 
 # B·A folds into the frozen weight: W' = W + (alpha / r) B·A
-METHOD = Method(name="lora", options=Options, apply=apply, peft=True)
+METHOD = Method(name="lora", options=Options, apply=apply, trains_base=False)

@@ -19,9 +19,10 @@ class Method:
     apply: Callable
     """`apply(model, options, tokenizer) -> model`: the model with exactly what the method trains left with
     `requires_grad=True`."""
-    peft: bool
-    """True: an adapter through peft, saved in peft's format. False: trains some of the model's own parameters,
-    saved as `trained_weights.safetensors` (weights.py)."""
+    trains_base: bool
+    """True: trains some of the model's own parameters (saved as `trained_weights.safetensors`), which
+    therefore cannot be quantized. False: adds tensors of its own beside a frozen base (an adapter: peft's, or
+    ours), so it trains on an 8-bit or 4-bit base too. weights.py saves and loads either."""
     not_mergeable_reason: str | None = None
     """Why what it trains cannot be folded into the base weights; None when `merge` can."""
     supports_reentrant_checkpointing: bool = True

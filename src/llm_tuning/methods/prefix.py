@@ -68,7 +68,7 @@ METHOD = Method(
     name="prefix",
     options=Options,
     apply=apply,
-    peft=True,
+    trains_base=False,
     not_mergeable_reason=(
         "its prefixes are extra keys and values, there is nothing to fold into the weights; serve it with --adapter"
     ),

@@ -51,4 +51,4 @@ def apply(model, options: Options, tokenizer=None):
     return wrap(model, PromptTuningConfig, "prompt", **fields)
 
 
-METHOD = Method(name="prompt", options=Options, apply=apply, peft=True, not_mergeable_reason=VIRTUAL_TOKENS_NOT_MERGEABLE)
+METHOD = Method(name="prompt", options=Options, apply=apply, trains_base=False, not_mergeable_reason=VIRTUAL_TOKENS_NOT_MERGEABLE)

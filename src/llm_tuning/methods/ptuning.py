@@ -28,4 +28,6 @@ def apply(model, options: Options, tokenizer=None):
     )
 
 
-METHOD = Method(name="ptuning", options=Options, apply=apply, peft=True, not_mergeable_reason=VIRTUAL_TOKENS_NOT_MERGEABLE)
+METHOD = Method(
+    name="ptuning", options=Options, apply=apply, trains_base=False, not_mergeable_reason=VIRTUAL_TOKENS_NOT_MERGEABLE
+)

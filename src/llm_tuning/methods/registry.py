@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from ..config.schema import build_section
 from ..errors import UserError
-from . import bitfit, freeze, full, ia3, lora, prefix, prompt, ptuning
+from . import adapter, bitfit, freeze, full, ia3, lora, prefix, prompt, ptuning
 from .method import Method
 
 METHODS: dict[str, Method] = {
     m.name: m
-    for m in (full.METHOD, freeze.METHOD, bitfit.METHOD, prompt.METHOD, ptuning.METHOD, prefix.METHOD, lora.METHOD, ia3.METHOD)
+    for m in (
+        full.METHOD,
+        freeze.METHOD,
+        bitfit.METHOD,
+        prompt.METHOD,
+        ptuning.METHOD,
+        prefix.METHOD,
+        lora.METHOD,
+        ia3.METHOD,
+        adapter.METHOD,
+    )
 }
 DEFAULT_METHOD = "lora"
 

@@ -29,7 +29,7 @@ def check_quantization(config: Config, method: Method) -> None:
     if config.model.quantization == "none":
         return
     require_bitsandbytes(f"model.quantization {config.model.quantization}")
-    if not method.peft:
+    if method.trains_base:
         raise UserError(
             f"method {config.method.name} trains the base's own weights, which are frozen when quantized "
             f"(model.quantization={config.model.quantization}); use lora, ia3, prompt, ptuning or prefix, or "

@@ -29,8 +29,10 @@ from ..models.loading import ensure_pad_token, load_model, load_tokenizer
 from ..models.quantization import check_quantization, prepare_for_training, require_bitsandbytes
 from ..models.resolve import model_type, resolve_model_path
 from ..params import count_parameters, trainable_line
+from ..plots import loss_chart
 from ..resume import check_same_data, check_same_training, read_run_record, write_run_record
 from ..rundir import (
+    LOSS_CHART,
     SUMMARY_FILE,
     check_output_dir,
     checkpoint_folders,
@@ -46,7 +48,7 @@ from .callbacks import DivergenceGuard, ProgressBar, StopOnInterrupt, interrupt_
 from .checkpoints import reopen_run_folder, resumable_checkpoint
 from .gradient_checkpointing import enable_checkpointing
 from .precision import adam_epsilon, check_precision, set_trainable_dtype
-from .summary import data_counts, diagnose, training_figures, validation_figures, versions
+from .summary import curves, data_counts, diagnose, training_figures, validation_figures, versions
 from .trainer import build_trainer
 
 
@@ -101,7 +103,7 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     use_torch_matmul(model)  # validation and the caller's model compute as the saved weights will after reloading
     status = "diverged" if guard.problem else "interrupted" if interrupted else "completed"
     validation = validation_figures(trainer, len(val_samples)) if val_samples and status == "completed" else None
-    saved_bytes = 0 if guard.problem else save_trained(model, output_dir)  # never save a diverged model
+    saved_bytes = 0 if guard.problem else save_trained(model, output_dir, config.method)  # never save a diverged model
 
     summary = {
         "status": status,
@@ -132,6 +134,12 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     if guard.problem:
         summary["diagnosis"] = diagnose(config, guard, epsilon, output_dir)
     write_json(output_dir / SUMMARY_FILE, summary)
+    if summary["loss_history"]:
+        loss_chart(
+            [curves(summary, Path(output_dir).name)],
+            output_dir / LOSS_CHART,
+            title=f"{config.method.name} on {Path(config.model.path).name}",
+        )
     write_run_manifest(output_dir)
     if guard.problem:
         raise UserError(summary["diagnosis"])

@@ -49,6 +49,16 @@ def validation_figures(trainer, val_samples: int) -> dict:
     return {"samples": val_samples, "loss": loss, "perplexity": math.exp(min(loss, 700)), "history": history}
 
 
+def curves(summary: dict, name: str) -> dict:
+    """A run's training and validation losses by step, as plots.loss_chart takes them."""
+    validation = (summary.get("validation") or {}).get("history") or []
+    return {
+        "name": name,
+        "train": [(e["step"], e["loss"]) for e in summary["loss_history"]],
+        "validation": [(e["step"], e["loss"]) for e in validation],
+    }
+
+
 def versions() -> dict:
     return {
         "llm_tuning": __version__,

@@ -4,6 +4,7 @@ batches, the loss computed by training/loss.py on labelled tokens only, and chec
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ from transformers.trainer_callback import PrinterCallback
 from ..config.sections import Config
 from ..data.encode import IGNORE_INDEX
 from ..data.packing import PackedCollator, pack_rows, packed_forward_inputs, packing_unsupported_reason
+from ..methods.adapter import is_adapted
 from ..rundir import LOG_FILE
 from ..speed.packed_attention import use_packed_attention
 from ..weights import base_model
@@ -106,17 +108,34 @@ def build_trainer(
     else:
         rows, collator = samples, DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
         val_rows = val_samples
-    trainer = LeanTrainer(
-        model=model,
-        args=args,
-        train_dataset=rows,
-        eval_dataset=val_rows,
-        data_collator=collator,
-        loss_chunk_size=0 if loss_blocked else t.loss_chunk_size,
-        packed_attention=packed and use_packed_attention(model),
-        keep_checkpoints=t.save_total_limit,
-    )
+    with adapters_pass_as_trainable(model):
+        trainer = LeanTrainer(
+            model=model,
+            args=args,
+            train_dataset=rows,
+            eval_dataset=val_rows,
+            data_collator=collator,
+            loss_chunk_size=0 if loss_blocked else t.loss_chunk_size,
+            packed_attention=packed and use_packed_attention(model),
+            keep_checkpoints=t.save_total_limit,
+        )
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(ProgressBar())
     trainer.add_callback(JsonlLog(Path(t.output_dir, LOG_FILE)))
     return trainer
+
+
+@contextmanager
+def adapters_pass_as_trainable(model):
+    """Let the Trainer accept a quantized base that carries our bottleneck adapters. Its check (trainer_utils.
+    validate_quantization_for_training) refuses any quantized model that is not a peft model, although the
+    adapters beside the frozen quantized weights are exactly what it asks for; it reads `is_quantized` once, in
+    Trainer.__init__, so the model shows it as false for that moment only."""
+    if not (getattr(model, "is_quantized", False) and is_adapted(model)):
+        yield
+        return
+    model.is_quantized = False
+    try:
+        yield
+    finally:
+        model.is_quantized = True
