@@ -19,6 +19,7 @@ from pathlib import Path
 from .errors import UserError
 
 PARTIAL_SUFFIX = ".partial"  # what is being written: never read, deleted when found later
+REPLACED_SUFFIX = ".replaced"  # a folder set aside while its new version is renamed into place
 MANIFEST_FILE = "manifest.json"
 # a write failed because of the disk or the rights on it, not because of llm-tuning
 WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM}
@@ -92,7 +93,7 @@ def folder_written_whole(target: Path, manifest: bool = False) -> Iterator[Path]
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
-        replaced = target.with_name(target.name + ".replaced")
+        replaced = target.with_name(target.name + REPLACED_SUFFIX)
         if target.exists():
             shutil.rmtree(replaced, ignore_errors=True)
             target.rename(replaced)  # set aside, not deleted, until the new folder is in place
@@ -188,19 +189,26 @@ def write_failure(path: Path, error: Exception) -> str | None:
     code = error.errno if isinstance(error, OSError) else None
     found = re.search(r"os error (\d+)", str(error))  # safetensors' I/O errors
     code = code or (int(found.group(1)) if found else None)
-    if code in WRITE_ERRNOS:
-        return os.strerror(code)
-    if code is not None:
+    if code is None:
+        code = disk_problem(path)
+    if code not in WRITE_ERRNOS:
         return None
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if code == errno.EFBIG and limit != resource.RLIM_INFINITY:
+        return f"{os.strerror(code)} (the file size limit, ulimit -f, is {limit} bytes)"
+    return os.strerror(code)
+
+
+def disk_problem(path: Path) -> int | None:
+    """The errno a write under `path` would fail with for want of room or rights, found by asking the disk."""
     folder = next((p for p in [path, *path.parents] if p.is_dir()), None)
     if folder is None:
         return None
     disk = os.statvfs(folder)
     if disk.f_bavail * disk.f_frsize < 1 << 20:
-        return os.strerror(errno.ENOSPC)
-    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    if limit != resource.RLIM_INFINITY:
-        return f"{os.strerror(errno.EFBIG)} (the file size limit, ulimit -f, is {limit} bytes)"
+        return errno.ENOSPC
+    if resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
+        return errno.EFBIG
     if not os.access(folder, os.W_OK):
-        return "the folder is not writable"
+        return errno.EACCES
     return None

@@ -38,7 +38,7 @@ from transformers.trainer import (
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices, safe_globals
 
 from ..errors import UserError, first_line
-from ..files import PARTIAL_SUFFIX, folder_written_whole, manifest_problem, write_file_whole, write_json
+from ..files import PARTIAL_SUFFIX, REPLACED_SUFFIX, folder_written_whole, manifest_problem, write_file_whole, write_json
 from ..rundir import CHECKPOINT_PREFIX, LOG_FILE, checkpoint_folders, remove_run_manifest
 from .callbacks import log_line
 
@@ -184,7 +184,7 @@ def reopen_run_folder(output_dir: Path, checkpoint: Path | None) -> None:
 
 def remove_partial_writes(output_dir: Path) -> None:
     """Delete what interrupted writes left in a run's folder (`*.partial`, `*.replaced`): never complete, never read."""
-    for path in sorted(output_dir.glob(f"*{PARTIAL_SUFFIX}")) + sorted(output_dir.glob("*.replaced")):
+    for path in sorted(output_dir.glob(f"*{PARTIAL_SUFFIX}")) + sorted(output_dir.glob(f"*{REPLACED_SUFFIX}")):
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         else:

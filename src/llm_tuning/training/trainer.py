@@ -26,10 +26,11 @@ OPTIMIZERS = {"adamw": "adamw_torch_fused", "adamw_8bit": "adamw_bnb_8bit", "ada
 
 
 class LeanTrainer(CrashSafeCheckpoints, Trainer):
-    """transformers' Trainer with crash-safe checkpoints, and two changes to the forward pass: packed batches go in without their
-    attention mask (so restarting position ids make attention block-diagonal) and with their samples' lengths
-    (`packed_segments`, for speed/packed_attention.packed_sdpa), and, when `loss_chunk_size` is set, the loss comes from the
-    decoder's hidden states through LabelledCrossEntropy instead of full logits."""
+    """transformers' Trainer with crash-safe checkpoints (CrashSafeCheckpoints), and two changes to the forward
+    pass: packed batches go in without their attention mask (so restarting position ids make attention
+    block-diagonal) and with their samples' lengths (`packed_segments`, for speed/packed_attention.packed_sdpa),
+    and, when `loss_chunk_size` is set, the loss comes from the decoder's hidden states through
+    LabelledCrossEntropy instead of full logits."""
 
     def __init__(
         self, *args, loss_chunk_size: int = 0, packed_attention: bool = False, keep_checkpoints: int | None = None, **kwargs
