@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -229,3 +230,13 @@ LLAMA_7B = V * H + L * LLAMA_LAYER + H + V * H  # embeddings, layers, final norm
 # BLOOM with the shape of Langboat/bloom-1b4-zh: hidden 2048, 24 layers, vocabulary 46145, tied head.
 BH, BL, BV = 2048, 24, 46145
 BLOOM_LAYER_BIASES = BH + 3 * BH + BH + BH + 4 * BH + BH  # ln1, qkv, dense, ln2, h->4h, 4h->h
+
+
+def require_tool(available: bool, message: str) -> None:
+    """Skip a test whose tool (a browser, llama.cpp) is not installed, saying what to install; under CI=true
+    fail instead, since CI installs every tool."""
+    if available:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
