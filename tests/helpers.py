@@ -375,3 +375,13 @@ class TrainingProcesses:
             process.join()
             raise AssertionError(f"training child did not finish in {timeout} s: {output}")
         return process.exitcode, output.read_text()
+
+
+def require_tool(available: bool, message: str) -> None:
+    """Skip a test whose tool (a browser, llama.cpp) is not installed, saying what to install; under CI=true
+    fail instead, since CI installs every tool."""
+    if available:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)

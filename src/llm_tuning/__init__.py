@@ -24,6 +24,7 @@ PUBLIC = {
     "chat": "llm_tuning.generation",
     "merge": "llm_tuning.merging",
     "compare": "llm_tuning.comparison.runner",
+    "export_gguf": "llm_tuning.export.gguf",
     "load_config": "llm_tuning.config.load",
     "UserError": "llm_tuning.errors",
 }

@@ -56,18 +56,21 @@ def write_file_whole(path: Path, content: str | bytes) -> None:
     """Write `path` so that it is either its old self or entirely `content`, even if the process dies midway."""
     path = Path(path)
     partial = partial_path(path)
-    data = content.encode("utf-8") if isinstance(content, str) else content
     with write_errors(path):
         try:
-            with open(partial, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(partial, path)
+            partial.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+            move_into_place(partial, path)
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
-        fsync(path.parent)
+
+
+def move_into_place(source: Path, target: Path) -> None:
+    """Rename the finished file `source` over `target` (in the same file system), flushed to the disk first: `target`
+    is its old self or the new file, never a part of it."""
+    fsync(source)
+    os.replace(source, target)
+    fsync(target.parent)
 
 
 def write_json(path: Path, value) -> None:

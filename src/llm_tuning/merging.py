@@ -37,8 +37,12 @@ def merge(adapter: str | Path, output: str | Path, overwrite: bool = False) -> P
     if is_peft_model(model):
         model = model.merge_and_unload()
     template = get_template(config.data.template, tokenizer, model_type(path))
-    # Carry the format the model was trained with (and its system prompt), so that chat tools serve it the same way.
+    # Carry the format the model was trained with (and its system prompt), so that chat tools serve it the same way,
+    # and make the token its answers end with the EOS, so that they stop where the model learnt to stop.
     tokenizer.chat_template = template.chat_template(tokenizer, config.data.system)
+    model.generation_config.eos_token_id = template.stop_ids(tokenizer)
+    model.config.eos_token_id = template.answer_end_id(tokenizer)
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(model.config.eos_token_id)
 
     with folder_written_whole(output, manifest=True) as partial:
         model.save_pretrained(partial, safe_serialization=True)

@@ -3,17 +3,13 @@
 import os
 import shutil
 
-import pytest
+from helpers import require_tool
 
 CHROMIUM = "/usr/bin/chromium"
 
 
 def test_report_opens_in_a_headless_browser_with_every_chart(comparison, tmp_path):
-    if not os.path.exists(CHROMIUM):
-        message = f"no browser: {CHROMIUM} is missing (Debian: apt-get install -y chromium; CI installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    require_tool(os.path.exists(CHROMIUM), f"no browser: {CHROMIUM} is missing (make browser, as root; CI runs it)")
     from playwright.sync_api import sync_playwright
 
     _, out, _ = comparison

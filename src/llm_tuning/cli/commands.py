@@ -167,6 +167,15 @@ def cmd_compare_variant(args) -> int:
     return run_job(args.job)
 
 
+def cmd_export(args) -> int:
+    from ..export.gguf import export_gguf
+
+    export_gguf(
+        args.output, adapter=args.adapter, model=args.model, quant=args.quant, overwrite=args.overwrite, ollama=args.ollama
+    )
+    return 0
+
+
 def cmd_params(args) -> int:
     from ..params import plan, trainable_line
 

@@ -6,12 +6,14 @@ import argparse
 import os
 
 from .. import __version__
+from ..export.llama_cpp import QUANTIZER_TYPES
 from .commands import (
     cmd_chat,
     cmd_compare,
     cmd_compare_variant,
     cmd_estimate,
     cmd_eval,
+    cmd_export,
     cmd_generate,
     cmd_inspect,
     cmd_merge,
@@ -165,6 +167,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it holds an earlier comparison")
     p.add_argument("--json", action="store_true", help="print the plan or the results as JSON")
     p.set_defaults(run=cmd_compare)
+
+    p = commands.add_parser(
+        "export",
+        help="write a trained run (or a model folder) as a GGUF file for llama.cpp and Ollama",
+        description="Merge the run into its base (as merge does), convert it with llama.cpp's own converter and "
+        "quantize it with llama.cpp's quantizer. The file carries the run's template as its chat template and the "
+        "token its answers end with as its EOS; FILE.gguf.json says what it holds. Needs `make install-gguf`.",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--adapter", metavar="RUN_DIR", help="a training run (merged into its base first)")
+    source.add_argument("--model", metavar="PATH", help="a model folder as it is: a merged model or a base model")
+    p.add_argument("--format", choices=("gguf",), default="gguf", help="the file format (gguf)")
+    p.add_argument(
+        "--quant",
+        default="f16",
+        metavar="TYPE",
+        help=f"f16 (default), bf16, f32, q8_0, or a llama.cpp quant: {', '.join(QUANTIZER_TYPES)}",
+    )
+    p.add_argument("--output", required=True, metavar="FILE.gguf", help="the file to write (kept unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace FILE.gguf if it exists")
+    p.add_argument("--ollama", action="store_true", help="also write an Ollama Modelfile beside it")
+    p.set_defaults(run=cmd_export)
 
     p = commands.add_parser("_compare-variant")  # one row of a comparison, in its own process; no help: internal
     p.add_argument("job", metavar="JOB")

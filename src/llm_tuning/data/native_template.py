@@ -73,6 +73,9 @@ class NativeTemplate:
             "{%- endif -%}" + tokenizer.chat_template
         )
 
+    def answer_end_id(self, tokenizer) -> int:
+        return eos_id(tokenizer)
+
     def stop_ids(self, tokenizer) -> list[int]:
         return [eos_id(tokenizer)]
 

@@ -76,6 +76,11 @@ class FormatTemplate:
             ids.append(special_id(tokenizer, last.text, self.name))
         return sorted(set(ids))
 
+    def answer_end_id(self, tokenizer) -> int:
+        """The token every trained answer ends with: what a served model must stop at."""
+        last = self.assistant[-1]
+        return special_id(tokenizer, last.text, self.name) if isinstance(last, Token) and last is not EOS else eos_id(tokenizer)
+
     def _ids(self, tokenizer, parts: tuple, content) -> list[int]:
         system, content = content if isinstance(content, tuple) else (None, content)
         ids: list[int] = []
@@ -112,21 +117,30 @@ class FormatTemplate:
         )
 
 
-def _jinja(parts: tuple, content: str = "message['content']") -> str:
-    """A format's parts as Jinja: text as string literals, `{content}` as the variable `content` names (the turn's
-    text, or the system prompt in the system part), special tokens as their text, the EOS as the tokenizer's."""
+def part_pieces(parts: tuple) -> list[tuple[str, str]]:
+    """A format's parts as (kind, text) pieces, for writing the format in another template language: ("text",
+    literal), ("special", token text), ("eos", ""), and ("content", "") / ("system", "") where the turn's text or
+    the system prompt goes."""
     pieces = []
     for part in parts:
         if part is EOS:
-            pieces.append("eos_token")
+            pieces.append(("eos", ""))
         elif isinstance(part, Token):
-            pieces.append(jinja_literal(part.text))
+            pieces.append(("special", part.text))
         else:
             for index, text in enumerate(part.replace("{system}", "\0system\0").replace("{content}", "\0content\0").split("\0")):
                 if index % 2:
-                    pieces.append("system" if text == "system" else content)
+                    pieces.append((text, ""))
                 elif text:
-                    pieces.append(jinja_literal(text))
+                    pieces.append(("text", text))
+    return pieces
+
+
+def _jinja(parts: tuple, content: str = "message['content']") -> str:
+    """A format's parts as one Jinja expression; `{content}` becomes the variable `content` names (the turn's text,
+    or the system prompt in the system part)."""
+    variables = {"eos": "eos_token", "content": content, "system": "system"}
+    pieces = [variables[kind] if kind in variables else jinja_literal(text) for kind, text in part_pieces(parts)]
     return "{{- " + " + ".join(pieces) + " -}}" if pieces else ""
 
 
