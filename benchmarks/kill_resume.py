@@ -4,13 +4,12 @@ never interrupted: the trained weights, the loss history, the validation losses 
     python benchmarks/kill_resume.py [--kills 50] [--seed 0] [--steps 30] [--model tiny-llama|PATH|ALIAS]
                                      [--output benchmarks/results/kill_resume_cpu.md]
 
-Each launch is `python -m llm_tuning train` in a fresh process, killed from outside: 70% of kills after a random
-delay, most between the end of the start-up (imports, loading) and the end of the run, some anywhere; 20% as soon
-as a `checkpoint-N.partial` folder appears (a checkpoint being written), 10% as soon as a temporary result file
-appears (the final save). After a kill the next launch resumes
-(`train.resume=true`) when a complete checkpoint exists, else starts again; a trial takes 1 to 3 kills before it
-runs to the end. Where each kill landed is read from the run's folder right after it (a `checkpoint-N.partial`
-folder: during a checkpoint write; a temporary result file: during the final save; ...).
+Each launch is `python -m llm_tuning train` in a fresh process, killed from outside: 10% of kills at a random
+instant of the start-up (imports, loading), 60% at a random instant of training (once log.jsonl shows a random
+step still to train, after a random part of a step or two), 20% as soon as a `checkpoint-N.partial` folder
+appears (a checkpoint being written), 10% as soon as a temporary result file of the final save appears. After a
+kill the next launch resumes (`train.resume=true`) when a complete checkpoint exists, else starts again; a trial
+takes 1 to 3 kills before it runs to the end. Where each kill landed is read from the run's folder right after it.
 
 It also times resuming: from the launch of a resumed process to its first new step in log.jsonl, against the
 same from a fresh start (the uninterrupted run). The default model is a tiny random Llama (the tests' model, with
@@ -46,8 +45,9 @@ from llm_tuning.files import PARTIAL_SUFFIX, manifest_problem  # noqa: E402
 from llm_tuning.rundir import checkpoint_folders, last_checkpoint  # noqa: E402
 
 DATA = ROOT / "examples" / "data" / "demo.jsonl"
-# how a kill is timed, and how often: after a random delay, or as soon as a checkpoint or the results are being written
-KILL_MODES = {"timer": 0.7, "checkpoint write": 0.2, "final save": 0.1}
+# what a kill aims at, and how often: the start-up (imports, loading), a random instant of training (past a random
+# step), a checkpoint being written, the results being written at the end
+KILL_MODES = {"start-up": 0.1, "training": 0.6, "checkpoint write": 0.2, "final save": 0.1}
 FINAL_SAVE = ("files" + PARTIAL_SUFFIX, "run_summary.json" + PARTIAL_SUFFIX, "manifest.json" + PARTIAL_SUFFIX)
 
 
@@ -99,14 +99,14 @@ class Launch:
         return None
 
     def kill_when(self, happened, timeout: float) -> bool:
-        """SIGKILL as soon as `happened()` is true (polled every 2 ms) or `timeout` seconds after the launch;
-        False when the process finished first."""
+        """SIGKILL as soon as `happened()` is true (polled every half millisecond) or `timeout` seconds after the
+        launch; False when the process finished first."""
         while time.perf_counter() - self.started < timeout:
             if self.process.poll() is not None:
                 return False
             if happened():
                 break
-            time.sleep(0.002)
+            time.sleep(0.0005)
         if self.process.poll() is not None:
             return False
         self.process.send_signal(signal.SIGKILL)
@@ -130,10 +130,11 @@ def logged_steps(log: Path) -> list[int]:
     return steps
 
 
-def where_it_landed(output_dir: Path, steps: int) -> str:
+def where_it_landed(launch: Launch, steps: int) -> str:
     """Where a kill fell, from what it left in the run's folder."""
+    output_dir = launch.log.parent
     if not output_dir.is_dir():
-        return "start-up (no run folder yet)"
+        return "during the start-up (no run folder yet)"
     names = [p.name for p in output_dir.iterdir()]
     if any(n.startswith("checkpoint-") and n.endswith(PARTIAL_SUFFIX) for n in names):
         return "during a checkpoint write"
@@ -141,27 +142,40 @@ def where_it_landed(output_dir: Path, steps: int) -> str:
         return "during the final save (weights, summary, manifest)"
     if any(n.endswith(PARTIAL_SUFFIX) for n in names):
         return "while config.yaml, run_record.json or log.jsonl was written"
-    logged = logged_steps(output_dir / "log.jsonl")
-    if not logged:
-        return "start-up (before the first logged step)"
-    if max(logged) >= steps:
+    if not launch.log.is_file() or launch.log.stat().st_mtime < launch.wall_started:
+        return "during the start-up or before the first logged step"
+    if max(logged_steps(launch.log), default=0) >= steps:
         return "after the last step (validation, final save)"
     return "between or inside steps"
 
 
-def partial_seen(output_dir: Path, mode: str):
-    """A check that a checkpoint (`checkpoint write`) or a result file (`final save`) is being written now."""
+def kill_plan(rng: random.Random, mode: str, launch: Launch, resumed_at: int | None, steps: int, timing: dict):
+    """(when to kill: a check polled until true, the latest instant after the launch) for a kill aimed at `mode`."""
+    output_dir = launch.log.parent
+    if mode == "start-up":
+        return (lambda: False), rng.uniform(0, timing["first_step"])
+    if mode == "training":  # past a random step still to train, then a random part of a step or two
+        target, extra, seen = rng.randint((resumed_at or 0) + 1, steps), rng.uniform(0, 2 * timing["step"]), []
 
-    def happened() -> bool:
+        def past_target() -> bool:  # a resumed run first rewrites log.jsonl: only a log written since counts
+            log = launch.log
+            if not seen and log.is_file() and log.stat().st_mtime >= launch.wall_started:
+                if max(logged_steps(log), default=0) >= target:
+                    seen.append(time.perf_counter())
+            return bool(seen) and time.perf_counter() >= seen[0] + extra
+
+        return past_target, 3 * timing["run"]
+
+    def being_written() -> bool:  # a checkpoint folder, or a result file of the final save, under its temporary name
         try:
-            names = [p.name for p in output_dir.iterdir() if p.name.endswith(PARTIAL_SUFFIX)]
+            names = [p.name for p in os.scandir(output_dir) if p.name.endswith(PARTIAL_SUFFIX)]
         except FileNotFoundError:
             return False
         if mode == "checkpoint write":
             return any(name.startswith("checkpoint-") for name in names)
         return any(name in FINAL_SAVE for name in names)
 
-    return happened
+    return being_written, 3 * timing["run"]
 
 
 def next_config(config: dict) -> tuple[dict, int | None]:
@@ -234,32 +248,32 @@ def main() -> None:
     total = time.perf_counter() - first.started
     print(f"uninterrupted run: {total:.1f} s, first step logged {fresh_first_step:.1f} s after the launch", flush=True)
 
-    kills, landed, trials, resume_times = 0, Counter(), [], []
+    timing = {"first_step": fresh_first_step, "run": total, "step": (total - fresh_first_step) / args.steps}
+    kills, aimed, landed, trials, resume_times = 0, Counter(), Counter(), [], []
     while kills < args.kills:
         output_dir = work / f"trial-{len(trials) + 1}"
         shutil.rmtree(output_dir, ignore_errors=True)
-        config, trial_kills = run_config(model, output_dir, args.steps), 0
+        config, trial_kills, modes = run_config(model, output_dir, args.steps), 0, []
         wanted = min(rng.randint(1, 3), args.kills - kills)
         while trial_kills < wanted:
             config, step = next_config(config)
             current = launch(config)
             mode = rng.choices(list(KILL_MODES), weights=list(KILL_MODES.values()))[0]
-            if mode == "timer":  # most between the end of the start-up and the end of the run, some anywhere
-                start = 0.0 if rng.random() < 0.2 else 0.8 * fresh_first_step
-                delay, happened = rng.uniform(start, total * 1.05), lambda: False
-            else:  # as soon as a temporary folder or file of that kind appears
-                delay, happened = 2 * total, partial_seen(output_dir, mode)
-            if not current.kill_when(happened, delay):
+            if mode == "training" and (step or 0) >= args.steps:
+                mode = "final save"  # resumed at the last step: nothing left to train
+            if not current.kill_when(*kill_plan(rng, mode, current, step, args.steps, timing)):
                 break  # the run ended before the kill
+            aimed[mode] += 1
+            modes.append(mode)
             trial_kills += 1
-            landed[where_it_landed(output_dir, args.steps)] += 1
+            landed[where_it_landed(current, args.steps)] += 1
         config, step = next_config(config)
         final = launch(config)
         if step is not None:
             resume_times.append(final.first_step_after(step, timeout=1800))
         status = final.finish()
         result = comparison(output_dir, reference) if status == 0 else {"weights": False}
-        result |= {"kills": trial_kills, "status": status}
+        result |= {"kills": trial_kills, "aimed at": modes, "status": status}
         trials.append(result)
         kills += trial_kills
         print(f"trial {len(trials)}: {trial_kills} kills, exit {status}, {result}", flush=True)
@@ -280,7 +294,8 @@ def main() -> None:
         "| | |",
         "| --- | --- |",
         f"| SIGKILLs | {kills} in {len(trials)} trials (1 to 3 per trial, then run to the end) |",
-        *(f"| kills {place} | {count} |" for place, count in sorted(landed.items())),
+        *(f"| kills aimed at {mode} | {aimed[mode]} |" for mode in KILL_MODES),
+        *(f"| kills that landed {place} | {count} |" for place, count in sorted(landed.items())),
         f"| trials ending bit-identical to the uninterrupted run (weights, loss history, validation, log) | "
         f"{identical} of {len(trials)} |",
         f"| trials whose checkpoints were all complete at the end | {sum(r.get('checkpoints_whole', False) for r in trials)} "
