@@ -15,6 +15,7 @@ from helpers import (
     BV,
     METHOD_CASES,
     RECORDS,
+    ZH_RECORD,
     F,
     H,
     L,
@@ -24,6 +25,7 @@ from helpers import (
     save_tiny_model,
     train_capturing_model,
 )
+from llm_tuning.training.run import train
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +65,18 @@ def trained_plain_run(tiny_llama_plain, records_path, tmp_path_factory) -> Train
     """A short LoRA run with the plain template (the tokenizer has no chat template)."""
     output_dir = tmp_path_factory.mktemp("runs") / "plain"
     return train_capturing_model(run_config(tiny_llama_plain, records_path, output_dir, train={"max_steps": 4}))
+
+
+@pytest.fixture(scope="session")
+def zh_run(tiny_llama, tmp_path_factory) -> Path:
+    """A whole-model run (full, 20 steps) that learned ZH_RECORD's answer by heart; its run folder."""
+    root = tmp_path_factory.mktemp("zh")
+    data = root / "zh.jsonl"
+    data.write_text(json.dumps(ZH_RECORD, ensure_ascii=False) + "\n", encoding="utf-8")
+    config = run_config(tiny_llama, data, root / "zh-run", train={"max_steps": 20, "batch_size": 1})
+    config["method"] = {"name": "full"}
+    train(config)
+    return root / "zh-run"
 
 
 @pytest.fixture(scope="session")

@@ -82,6 +82,10 @@ RECORDS = [
     {"instruction": "Add the numbers", "input": "2 and 3", "output": "5"},
 ]
 
+# One Chinese answer a tiny model learns by heart (zh_run): with the Qwen tokenizer each of 鬱 and 蔥 takes two tokens,
+# the first an incomplete character, so an answer cut there ends inside a character.
+ZH_RECORD = {"instruction": "你是谁？", "input": "", "output": "我是小调，鬱鬱蔥蔥。"}
+
 
 def run_config(model_path: Path, data_path: Path, output_dir: Path, **sections) -> dict:
     """A small, fast training config as a dict; `sections` update model/method/data/train."""
