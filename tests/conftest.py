@@ -19,12 +19,14 @@ from helpers import (
     F,
     H,
     L,
+    ServerProcess,
     TrainedRun,
     V,
     run_config,
     save_tiny_model,
     train_capturing_model,
 )
+from llm_tuning.serving.models import ModelRegistry
 from llm_tuning.training.run import train
 
 
@@ -157,3 +159,26 @@ def comparison(tiny_llama, tmp_path_factory):
     )
     report = compare(path, output=root / "out", eval_prompts=2, max_new_tokens=4)
     return path, root / "out", report
+
+
+@pytest.fixture(scope="session")
+def lora_registry(trained_run, method_run):
+    """The tiny Llama ("llama") with two LoRA runs on it: my-run (trained_run) and second."""
+    second = method_run("lora", "llama").output_dir
+    return ModelRegistry(adapters=[f"my-run={trained_run.output_dir}", f"second={second}"])
+
+
+SERVER_KEY = "test-key"
+
+
+@pytest.fixture(scope="session")
+def served(trained_run, method_run, tmp_path_factory):
+    """`llm-tuning serve` with two LoRA runs on the tiny Llama (my-run: trained_run; second: another LoRA run) and an
+    API key, for the whole session."""
+    second = method_run("lora", "llama").output_dir
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    server = ServerProcess(
+        log, "--adapter", f"my-run={trained_run.output_dir}", "--adapter", f"second={second}", "--api-key", SERVER_KEY
+    )
+    yield server
+    server.stop()
