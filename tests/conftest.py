@@ -15,6 +15,7 @@ from helpers import (
     BV,
     METHOD_CASES,
     RECORDS,
+    SERVER_KEY,
     ZH_RECORD,
     F,
     H,
@@ -166,9 +167,6 @@ def lora_registry(trained_run, method_run):
     """The tiny Llama ("llama") with two LoRA runs on it: my-run (trained_run) and second."""
     second = method_run("lora", "llama").output_dir
     return ModelRegistry(adapters=[f"my-run={trained_run.output_dir}", f"second={second}"])
-
-
-SERVER_KEY = "test-key"
 
 
 @pytest.fixture(scope="session")

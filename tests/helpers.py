@@ -255,6 +255,9 @@ def require_tool(available: bool, message: str) -> None:
     pytest.skip(message)
 
 
+SERVER_KEY = "test-key"  # the API key of conftest's `served`
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
