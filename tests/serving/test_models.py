@@ -31,6 +31,7 @@ def test_lists_the_base_by_its_folder_name_and_each_run(lora_registry):
         ("other base", "differ in base model"),
         ("other kind", r"differ in kind \(LORA and PREFIX_TUNING\)"),
         ("whole model and adapter", "served alone"),
+        ("bottleneck and adapter", "bottleneck adapters.*served alone"),
         ("same name", "two models would be named 'twin'"),
         ("named like the base", "two models would be named 'llama'"),
         ("no weights", "holds no trained weights"),
@@ -49,6 +50,8 @@ def test_runs_that_cannot_share_a_server_are_refused(
         adapters.append(str(method_run("prefix", "llama").output_dir))
     elif case == "whole model and adapter":
         adapters = [str(zh_run), lora]
+    elif case == "bottleneck and adapter":
+        adapters = [lora, str(method_run("adapter", "llama").output_dir)]
     elif case == "same name":
         adapters = [f"twin={lora}", f"twin={method_run('lora', 'llama').output_dir}"]
     elif case == "named like the base":
@@ -76,3 +79,12 @@ def test_prompt_learning_runs_share_a_base_too(method_run):
     conversation, options = [[{"role": "user", "content": "Who are you?"}]], GenerationOptions(max_new_tokens=8)
     assert answers[0][0] == Session(adapter=run).generate(conversation, options)[0]
     assert answers[1][0] == Session(adapter=run, base_only=True).generate(conversation, options)[0] != answers[0][0]
+
+
+def test_a_bottleneck_adapter_run_is_served_alone(method_run):
+    run = method_run("adapter", "llama").output_dir
+    registry = ModelRegistry(adapters=[f"bottleneck={run}"])
+    assert list(registry.served) == ["bottleneck"]  # its hooks change the base for good
+    text = answer_all(Batcher(registry), [chat_job(registry, "bottleneck", "Who are you?", 8)])[0][0]
+    conversation = [[{"role": "user", "content": "Who are you?"}]]
+    assert text == Session(adapter=run).generate(conversation, GenerationOptions(max_new_tokens=8))[0]
