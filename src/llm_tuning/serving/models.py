@@ -109,15 +109,17 @@ class ModelRegistry:
         base, runs = plan(config, overrides, adapters)
         self.session = Session(base)
         model = self.session.model
+        # inside peft, adapters go by names of our own: peft mistakes a name within its prefixes ("lora", "prefix")
+        inner = {run.name: f"run{index}" for index, run in enumerate(runs)}
         for run in runs:
             print(f"[llm-tuning] loading run {run.name} from {run.run_dir}", file=sys.stderr, flush=True)
-            model = load_trained(model, run.run_dir, run.name)
+            model = load_trained(model, run.run_dir, inner[run.name])
         self.session.model = model.eval().to(self.session.device)
         self.served: dict[str, Served] = {}
         if all(shares_base(run.kind) for run in runs):
             self.served[base_name(base)] = Served(base_name(base), base, None)
         for run in runs:
-            adapter = run.name if shares_base(run.kind) else None
+            adapter = inner[run.name] if shares_base(run.kind) else None
             self.served[run.name] = Served(run.name, run.config, adapter, parent=base_name(base))
         self.context_length = context_length(base_model(model).config)
 
