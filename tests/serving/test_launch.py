@@ -44,14 +44,16 @@ def test_a_full_queue_is_503_with_retry_after_and_ctrl_c_stops(tiny_llama, tmp_p
     server = ServerProcess(tmp_path / "log", f"model.path={tiny_llama}", "--max-queue", "1", "--max-batch", "1")
     try:
         assert "only this machine can connect" in server.output()
-        body = {"model": "llama", "messages": [{"role": "user", "content": "Hi"}], "temperature": 0, "max_tokens": 200}
+        body = {"model": "llama", "messages": [{"role": "user", "content": "Hi"}], "temperature": 0, "max_tokens": 400}
         with ThreadPoolExecutor(6) as pool:
             first = pool.submit(server.post, "/v1/chat/completions", body)
             while server.health()["running"] == 0:  # the first is being answered: the queue is empty again
                 time.sleep(0.01)
             replies = [first.result()] + list(pool.map(lambda _: server.post("/v1/chat/completions", body), range(5)))
         refused = [(headers, json.loads(answer)["error"]) for status, headers, answer in replies if status == 503]
-        assert [status for status, _, _ in replies].count(200) == 2 and len(refused) == 4  # one answered, one waited
+        statuses = [status for status, _, _ in replies]
+        # one answered, one waited: the others are refused (unless the first was done before they all arrived)
+        assert refused and statuses.count(200) + len(refused) == 6 and statuses.count(200) >= 2, statuses
         for headers, error in refused:
             assert {k.lower(): v for k, v in headers.items()}["retry-after"] == "1" and error["code"] == "queue_full"
         assert server.health()["largest_batch"] == 1

@@ -2,8 +2,8 @@
 
 Requests wait in a bounded queue (beyond it: QueueFull, a 503). The worker takes the oldest request and every
 other waiting one for the same model (an adapter is switched per batch, so a batch is one model's), up to the
-largest batch, after a short wait for more to arrive when it was idle; then it answers them in one batch
-(rows.py) while new requests queue for the next. Generation runs in the worker thread, so the event loop stays
+largest batch, after a short wait for more to arrive unless the batch is full already; then it answers them in one
+batch (rows.py) while new requests queue for the next. Generation runs in the worker thread, so the event loop stays
 free to stream every client its text at that client's own pace.
 """
 
@@ -19,7 +19,7 @@ from ..errors import first_line
 from .models import ModelRegistry
 from .rows import Job, generate_rows
 
-GATHER_SECONDS = 0.02  # an idle worker waits this long for requests arriving together
+GATHER_SECONDS = 0.02  # how long the worker waits for more requests before a batch that is not full
 
 
 class QueueFull(Exception):
@@ -78,16 +78,17 @@ class Batcher:
 
     def _take(self) -> list[Job] | None:
         """The next batch: the oldest waiting request and the others for the same model; None when stopping."""
-        while True:
-            with self.condition:
-                idle = not self.pending
+        with self.condition:
+            while True:
                 while not self.stopping and not self.pending:
                     self.condition.wait()
                 if self.stopping:
                     return None
-            if idle:  # requests sent together arrive a few milliseconds apart: answer them together
-                time.sleep(self.gather)
-            with self.condition:
+                # Requests sent together arrive some milliseconds apart, and the clients of the batch just answered
+                # send their next ones as soon as they have read it: wait a moment for them, unless the batch is full.
+                deadline = time.monotonic() + self.gather
+                while len(self.pending) < self.max_batch and (left := deadline - time.monotonic()) > 0:
+                    self.condition.wait(left)
                 waiting = [job for job in self.pending if not job.cancelled]
                 if waiting:
                     model = waiting[0].served.name
