@@ -1,5 +1,6 @@
 """Several runs on one base, each by name; runs that cannot share a server are refused before anything loads."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ def test_lists_the_base_by_its_folder_name_and_each_run(lora_registry):
     [
         ("config and adapter", "not both"),
         ("other base", "differ in base model"),
+        ("other template", r"differ in template \(native and chatml\)"),
         ("other kind", r"differ in kind \(LORA and PREFIX_TUNING\)"),
         ("whole model and adapter", "served alone"),
         ("bottleneck and adapter", "bottleneck adapters.*served alone"),
@@ -46,6 +48,11 @@ def test_runs_that_cannot_share_a_server_are_refused(
         config = {"model": {"path": str(trained_run.model_path)}}
     elif case == "other base":
         adapters.append(str(trained_plain_run.output_dir))
+    elif case == "other template":  # a copy of the run that says it trained with the ChatML format
+        shutil.copytree(lora, tmp_path / "chatml")
+        config_file = tmp_path / "chatml" / "config.yaml"
+        config_file.write_text(config_file.read_text().replace("template: native", "template: chatml"))
+        adapters.append(str(tmp_path / "chatml"))
     elif case == "other kind":
         adapters.append(str(method_run("prefix", "llama").output_dir))
     elif case == "whole model and adapter":
