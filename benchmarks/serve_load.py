@@ -3,7 +3,7 @@ requests answered one at a time by plain transformers `generate`, so that the ga
 measured in one run.
 
     python benchmarks/serve_load.py [--adapter RUN_DIR] [--clients 1 4 16 64] [--seconds 40] [--max-tokens 32]
-                                    [--baseline-seconds 40] [--output benchmarks/results/serve_load_cpu.md]
+                                    [--baseline-seconds 40] [--threads 1] [--output benchmarks/results/serve_load_cpu.md]
 
 The model: SmolLM2-135M (alias smollm2-135m) with a LoRA run: RUN_DIR, or else one trained here first (LoRA r=8 on
 q_proj and v_proj, 8 steps on examples/data/demo.jsonl). The requests: the demo's 45 English and Chinese
@@ -15,11 +15,12 @@ tokens/s (over the level's whole time, from the first request sent to the last a
 and time to the first text, failed requests (non-200 or broken streams), and the largest batch the server had
 answered so far (/health). The baseline loads the same base and adapter with transformers and peft alone and
 answers the same prompts, rendered with the tokenizer's own chat template (the run's template), one at a time with
-`model.generate` for --baseline-seconds, in this process, while no server runs: first in a thread of its own, as the
-server generates, then in the main thread, as a script does. They differ: on a 2-core machine shared with other
-work, torch's two threads in the main thread took 5x longer per token than the same generate in another thread; the
-ratios are against the worker thread, so that they show what batching gives and nothing else. The clients run in this process
-too, so on a small CPU they take some of its time from the server, as real clients on the same machine would.
+`model.generate` for --baseline-seconds, in this process, while no server runs.
+
+Both use --threads torch threads (default 1). On this 2-core machine, shared with other work, torch's default of 2
+threads made generation up to 10x slower whenever another process took a core (OpenMP's threads wait for each
+other), at batch 1 and batch 16 alike, which would compare the machine's load and not batching; with 1 thread
+batch 16 gave 63 tokens/s where batch 1 gave 15.
 """
 
 from __future__ import annotations
@@ -62,12 +63,12 @@ def train_run(work: Path) -> Path:
 
 
 class Server:
-    def __init__(self, adapter: Path, log: Path):
+    def __init__(self, adapter: Path, log: Path, threads: int):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         command = [sys.executable, "-m", "llm_tuning", "serve", "--adapter", f"bench={adapter}", "--port", str(self.port)]
-        command += ["--max-batch", "64"]
+        command += ["--max-batch", "64", "--threads", str(threads)]
         self.process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=HERE.parent)
         deadline = time.monotonic() + 300
         while True:
@@ -168,57 +169,44 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def baseline(adapter: Path, prompts: list[str], seconds: float, max_tokens: int) -> list[dict]:
-    """The same requests, one at a time, through plain transformers + peft: in a thread of its own, as the server
-    generates, and in the main thread, as a script does."""
+def baseline(adapter: Path, prompts: list[str], seconds: float, max_tokens: int, threads: int) -> dict:
+    """The same requests, one at a time, through plain transformers + peft."""
     import torch  # here, after the server levels: while this process plays the clients it stays light
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llm_tuning.models.aliases import provision  # the alias's converted folder, as the server loads it
 
+    torch.set_num_threads(threads)
     path = provision(MODEL)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), str(adapter)).eval()
     stop_ids = sorted({tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")})
-
-    def one_at_a_time(where: str, results: list) -> None:
-        latencies, tokens, turn = [], 0, 0
-        started = time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            begin = time.perf_counter()
-            messages = [{"role": "user", "content": prompts[turn % len(prompts)]}]
-            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-            with torch.no_grad():
-                output = model.generate(
-                    **ids, max_new_tokens=max_tokens, do_sample=False, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id
-                )
-            new = output[0, ids["input_ids"].shape[1] :].tolist()
-            tokens += next((i + 1 for i, t in enumerate(new) if t in stop_ids), len(new))
-            latencies.append(time.perf_counter() - begin)
-            turn += 1
-        elapsed = time.perf_counter() - started
-        results.append(
-            {
-                "where": where,
-                "requests": len(latencies),
-                "requests_per_s": len(latencies) / elapsed,
-                "tokens_per_s": tokens / elapsed,
-                "latency_p50": percentile(latencies, 50),
-                "latency_p95": percentile(latencies, 95),
-            }
-        )
-
-    results: list[dict] = []
-    thread = threading.Thread(target=one_at_a_time, args=("a worker thread", results))
-    thread.start()
-    thread.join()
-    one_at_a_time("the main thread", results)
-    return results
+    latencies, tokens, turn = [], 0, 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        begin = time.perf_counter()
+        messages = [{"role": "user", "content": prompts[turn % len(prompts)]}]
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        with torch.no_grad():
+            output = model.generate(
+                **ids, max_new_tokens=max_tokens, do_sample=False, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id
+            )
+        new = output[0, ids["input_ids"].shape[1] :].tolist()
+        tokens += next((i + 1 for i, t in enumerate(new) if t in stop_ids), len(new))
+        latencies.append(time.perf_counter() - begin)
+        turn += 1
+    elapsed = time.perf_counter() - started
+    return {
+        "requests": len(latencies),
+        "requests_per_s": len(latencies) / elapsed,
+        "tokens_per_s": tokens / elapsed,
+        "latency_p50": percentile(latencies, 50),
+        "latency_p95": percentile(latencies, 95),
+    }
 
 
-def table(levels: list[dict], baselines: list[dict]) -> str:
-    reference = baselines[0]["tokens_per_s"]
+def table(levels: list[dict], base: dict) -> str:
     rows = [
         "| clients | requests | failed | requests/s | tokens/s | x one at a time | latency p50 / p95 (s) "
         "| first text p50 / p95 (s) | largest batch so far |",
@@ -227,16 +215,14 @@ def table(levels: list[dict], baselines: list[dict]) -> str:
     for level in levels:
         rows.append(
             f"| {level['clients']} | {level['requests']} | {level['failed']} | {level['requests_per_s']:.2f} "
-            f"| {level['tokens_per_s']:.1f} | {level['tokens_per_s'] / reference:.2f} "
+            f"| {level['tokens_per_s']:.1f} | {level['tokens_per_s'] / base['tokens_per_s']:.2f} "
             f"| {level['latency_p50']:.2f} / {level['latency_p95']:.2f} | {level['ttft_p50']:.2f} / {level['ttft_p95']:.2f} "
             f"| {level['largest_batch']} |"
         )
-    for base in baselines:
-        rows.append(
-            f"| one at a time, transformers generate in {base['where']} | {base['requests']} | 0 "
-            f"| {base['requests_per_s']:.2f} | {base['tokens_per_s']:.1f} | {base['tokens_per_s'] / reference:.2f} "
-            f"| {base['latency_p50']:.2f} / {base['latency_p95']:.2f} | - | 1 |"
-        )
+    rows.append(
+        f"| one at a time, transformers generate | {base['requests']} | 0 | {base['requests_per_s']:.2f} "
+        f"| {base['tokens_per_s']:.1f} | 1.00 | {base['latency_p50']:.2f} / {base['latency_p95']:.2f} | - | 1 |"
+    )
     return "\n".join(rows)
 
 
@@ -247,6 +233,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=40)
     parser.add_argument("--baseline-seconds", type=float, default=40)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, for the server and the baseline alike")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="llm-tuning-serve-load-"))
@@ -255,7 +242,7 @@ def main() -> None:
     prompts = [json.loads(line)["instruction"] for line in DEMO.read_text(encoding="utf-8").splitlines() if line.strip()]
 
     load_before = os.getloadavg()[0]
-    server = Server(adapter, work / "server.log")
+    server = Server(adapter, work / "server.log", args.threads)
     levels = []
     try:
         for clients in args.clients:
@@ -263,18 +250,19 @@ def main() -> None:
             print(json.dumps(levels[-1]), flush=True)
     finally:
         server.stop()
-    baselines = baseline(adapter, prompts, args.baseline_seconds, args.max_tokens)
-    print(json.dumps(baselines), flush=True)
+    base = baseline(adapter, prompts, args.baseline_seconds, args.max_tokens, args.threads)
+    print(json.dumps(base), flush=True)
 
     command = "python benchmarks/serve_load.py " + " ".join(sys.argv[1:])
+    cores = len(os.sched_getaffinity(0))
     report = (
-        f"Command: `{command.strip()}`\n\nCPU: {cpu_name()} ({len(os.sched_getaffinity(0))} cores), fp32. "
+        f"Command: `{command.strip()}`\n\nCPU: {cpu_name()} ({cores} cores), fp32, {args.threads} torch thread(s). "
         f"SmolLM2-135M + a LoRA run, {len(prompts)} demo prompts in turn, greedy, at most {args.max_tokens} tokens, "
         f"streamed; {args.seconds:.0f} s per level (and the requests under way then), the baseline "
-        f"{args.baseline_seconds:.0f} s each. The x column is tokens/s against one at a time in a worker thread, as the "
-        f"server generates. Load average (1 min) before the levels {load_before:.1f}, after the baseline "
-        f"{os.getloadavg()[0]:.1f}: above the core count, other work shared the CPU.\n\n"
-        f"{table(levels, baselines)}\n"
+        f"{args.baseline_seconds:.0f} s. The x column is tokens/s against the baseline's. Load average (1 min) before "
+        f"the levels {load_before:.1f}, after the baseline {os.getloadavg()[0]:.1f} (above {cores}: other work shared "
+        "the CPU).\n\n"
+        f"{table(levels, base)}\n"
     )
     print("\n" + report)
     if args.output:

@@ -34,6 +34,11 @@ def test_a_port_in_use_is_refused_before_the_model_loads(capsys, trained_run):
     assert f"cannot listen on 127.0.0.1:{port}" in line
 
 
+def test_settings_out_of_range_are_refused(capsys):
+    assert "--threads 0 is out of range" in one_line_error(capsys, "serve", "--threads", "0")
+    assert "--max-queue 0 is out of range" in one_line_error(capsys, "serve", "--max-queue", "0")
+
+
 def test_it_says_who_can_connect():
     assert "only this machine" in exposure("127.0.0.1", None) and "only this machine" in exposure("::1", None)
     assert exposure("0.0.0.0", None).startswith("warning:") and "without --api-key" in exposure("0.0.0.0", None)

@@ -170,6 +170,7 @@ def cmd_serve(args) -> int:
         api_key=args.api_key or os.environ.get("LLM_TUNING_API_KEY") or None,
         max_queue=args.max_queue,
         max_batch=args.max_batch,
+        threads=args.threads,
     )
     return 0
 

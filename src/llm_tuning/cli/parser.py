@@ -158,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-queue", type=int, default=256, metavar="N", help="requests that may wait; more get 503 (default 256)")
     p.add_argument("--max-batch", type=int, default=32, metavar="N", help="most requests answered in one batch (default 32)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads for generation (default: torch's, one per core; on a CPU shared with other work, 1 can be faster)",
+    )
     p.set_defaults(run=cmd_serve)
 
     p = commands.add_parser(

@@ -15,6 +15,8 @@ import time
 import traceback
 from collections import deque
 
+import torch
+
 from ..errors import first_line
 from .models import ModelRegistry
 from .rows import Job, generate_rows
@@ -27,8 +29,16 @@ class QueueFull(Exception):
 
 
 class Batcher:
-    def __init__(self, registry: ModelRegistry, max_batch: int = 32, max_queue: int = 256, gather: float = GATHER_SECONDS):
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        max_batch: int = 32,
+        max_queue: int = 256,
+        gather: float = GATHER_SECONDS,
+        threads: int | None = None,
+    ):
         self.registry, self.max_batch, self.max_queue, self.gather = registry, max_batch, max_queue, gather
+        self.threads = threads  # torch's threads for generation; None: torch's default
         self.pending: deque[Job] = deque()
         self.condition = threading.Condition()
         self.stopping = False
@@ -63,6 +73,8 @@ class Batcher:
         }
 
     def _work(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)  # here: the setting is the calling thread's
         while (jobs := self._take()) is not None:
             self.running = len(jobs)
             self.largest_batch = max(self.largest_batch, len(jobs))

@@ -25,15 +25,17 @@ def run_server(
     api_key: str | None = None,
     max_queue: int = 256,
     max_batch: int = 32,
+    threads: int | None = None,
 ) -> None:
     """Serve the base model of `config` (or of the runs in `adapters`) and each run, until interrupted."""
-    for name, value, low in (("--port", port, 0), ("--max-queue", max_queue, 1), ("--max-batch", max_batch, 1)):
-        if value < low or (name == "--port" and value > 65535):
+    limits = (("--port", port, 0), ("--max-queue", max_queue, 1), ("--max-batch", max_batch, 1), ("--threads", threads, 1))
+    for name, value, low in limits:
+        if value is not None and (value < low or (name == "--port" and value > 65535)):
             raise UserError(f"{name} {value} is out of range")
     listener = bind(host, port)  # first: a port in use fails at once, not after the model has loaded
     try:
         registry = ModelRegistry(config, overrides, adapters)
-        batcher = Batcher(registry, max_batch=max_batch, max_queue=max_queue)
+        batcher = Batcher(registry, max_batch=max_batch, max_queue=max_queue, threads=threads)
         app = build_app(registry, batcher, api_key=api_key)
         host_shown, port = listener.getsockname()[:2]
         say(f"serving {', '.join(registry.served)} at http://{_url_host(host_shown)}:{port}/v1 (Ctrl-C stops)")
