@@ -15,15 +15,20 @@ from helpers import (
     BV,
     METHOD_CASES,
     RECORDS,
+    SERVER_KEY,
+    ZH_RECORD,
     F,
     H,
     L,
+    ServerProcess,
     TrainedRun,
     V,
     run_config,
     save_tiny_model,
     train_capturing_model,
 )
+from llm_tuning.serving.models import ModelRegistry
+from llm_tuning.training.run import train
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +68,18 @@ def trained_plain_run(tiny_llama_plain, records_path, tmp_path_factory) -> Train
     """A short LoRA run with the plain template (the tokenizer has no chat template)."""
     output_dir = tmp_path_factory.mktemp("runs") / "plain"
     return train_capturing_model(run_config(tiny_llama_plain, records_path, output_dir, train={"max_steps": 4}))
+
+
+@pytest.fixture(scope="session")
+def zh_run(tiny_llama, tmp_path_factory) -> Path:
+    """A whole-model run (full, 20 steps) that learned ZH_RECORD's answer by heart; its run folder."""
+    root = tmp_path_factory.mktemp("zh")
+    data = root / "zh.jsonl"
+    data.write_text(json.dumps(ZH_RECORD, ensure_ascii=False) + "\n", encoding="utf-8")
+    config = run_config(tiny_llama, data, root / "zh-run", train={"max_steps": 20, "batch_size": 1})
+    config["method"] = {"name": "full"}
+    train(config)
+    return root / "zh-run"
 
 
 @pytest.fixture(scope="session")
@@ -143,3 +160,23 @@ def comparison(tiny_llama, tmp_path_factory):
     )
     report = compare(path, output=root / "out", eval_prompts=2, max_new_tokens=4)
     return path, root / "out", report
+
+
+@pytest.fixture(scope="session")
+def lora_registry(trained_run, method_run):
+    """The tiny Llama ("llama") with two LoRA runs on it: my-run (trained_run) and second."""
+    second = method_run("lora", "llama").output_dir
+    return ModelRegistry(adapters=[f"my-run={trained_run.output_dir}", f"second={second}"])
+
+
+@pytest.fixture(scope="session")
+def served(trained_run, method_run, tmp_path_factory):
+    """`llm-tuning serve` with two LoRA runs on the tiny Llama (my-run: trained_run; second: another LoRA run) and an
+    API key, for the whole session."""
+    second = method_run("lora", "llama").output_dir
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    server = ServerProcess(
+        log, "--adapter", f"my-run={trained_run.output_dir}", "--adapter", f"second={second}", "--api-key", SERVER_KEY
+    )
+    yield server
+    server.stop()

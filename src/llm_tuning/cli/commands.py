@@ -6,6 +6,7 @@ once, without loading torch, and the allocator restart (cli/__init__.py) must ha
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -151,6 +152,25 @@ def cmd_export(args) -> int:
 
     export_gguf(
         args.output, adapter=args.adapter, model=args.model, quant=args.quant, overwrite=args.overwrite, ollama=args.ollama
+    )
+    return 0
+
+
+def cmd_serve(args) -> int:
+    if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
+        raise UserError("serve needs FastAPI and uvicorn: pip install 'llm-tuning[serve]'")
+    from ..serving.launch import run_server
+
+    run_server(
+        args.config,
+        args.overrides,
+        args.adapter or (),
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key or os.environ.get("LLM_TUNING_API_KEY") or None,
+        max_queue=args.max_queue,
+        max_batch=args.max_batch,
+        threads=args.threads,
     )
     return 0
 
