@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
+from ...errors import UserError
+
 MODEL_TYPE = "chatglm"
 
 
@@ -74,6 +76,8 @@ class ChatGLMConfig(PretrainedConfig):
             "quantization_bit": (bool(self.quantization_bit), "THUDM's own int4/int8 quantized weights"),
             "pre_seq_len": (self.pre_seq_len is not None, "THUDM's P-tuning v2 prefix (use method.name: prefix)"),
         }
+        if getattr(self, "position_encoding_2d", False):
+            raise UserError("the first ChatGLM-6B (position_encoding_2d) is not built in; ChatGLM2, ChatGLM3 and GLM-4 are")
         for key, (found, what) in unsupported.items():
             if found:
-                raise ValueError(f"ChatGLM config key {key}={getattr(self, key)!r}: {what} is not supported")
+                raise UserError(f"ChatGLM config key {key}={getattr(self, key)!r}: {what} is not built in")

@@ -113,7 +113,11 @@ class ChatGLMSelfAttention(nn.Module):
 
 
 class ChatGLMMLP(nn.Module):
-    """SwiGLU: dense_4h_to_h(silu(gate) * up), gate and up the two halves of the fused dense_h_to_4h."""
+    """SwiGLU: dense_4h_to_h(silu(gate) * up), gate and up the two halves of the fused dense_h_to_4h. It declares
+    itself to train.lean_activations (speed/activations.py), which keeps gate and up only for backward."""
+
+    fused_gated_layers = ("dense_h_to_4h", "dense_4h_to_h")
+    gated_activation = "SiLU"
 
     def __init__(self, config: ChatGLMConfig):
         super().__init__()
