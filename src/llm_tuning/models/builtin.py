@@ -16,11 +16,11 @@ from transformers.utils import cached_file
 
 from ..config.sections import ModelConfig
 from ..errors import UserError
-from .resolve import model_config_dict
 from .chatglm.configuration import MODEL_TYPE as CHATGLM
 from .chatglm.configuration import ChatGLMConfig
 from .chatglm.modeling import ChatGLMForConditionalGeneration
 from .chatglm.tokenization import chatglm3_tokenizer
+from .resolve import model_config_dict
 
 
 @dataclass(frozen=True)
