@@ -241,7 +241,7 @@ def chatglm3_expected() -> dict:
     return json.loads((CHATGLM3_TINY / "expected.json").read_text(encoding="utf-8"))
 
 
-def train_sentencepiece(folder: Path, lines: list[str], vocab_size: int = 300, **options) -> Path:
+def train_sentencepiece(folder: Path, lines: list[str], vocab_size: int = 500, **options) -> Path:
     """A sentencepiece model trained here on `lines`: folder/tokenizer.model."""
     import sentencepiece as spm  # a test dependency of the few tests that build their own tokenizer
 

@@ -60,6 +60,7 @@ def backend_tokenizer(proto) -> Tokenizer:
             byte_fallback=trainer.byte_fallback,
         )
     elif trainer.model_type == UNIGRAM_TYPE:
+        # one difference with sentencepiece: text that spells a control piece ("</s>") may become that piece here
         model = Unigram([(p.piece, p.score) for p in pieces], unk_id=trainer.unk_id, byte_fallback=trainer.byte_fallback)
     else:
         raise UserError(f"sentencepiece model type {trainer.model_type} is not supported (BPE and Unigram are)")
