@@ -90,13 +90,15 @@ def built_in_tokenizer(architecture: Architecture, path: str):
 
 def keep_original_files(resolved_path: str, folder: Path) -> list[str]:
     """Into a model folder written from a built-in architecture (merge), the base's own tokenizer files and code:
-    its tokenizer file, its tokenizer_config.json and the code files its auto_map names, so that the folder loads with
+    its tokenizer file, its tokenizer_config.json and its code files (a hub id's: those auto_map names), so that the folder loads with
     the original code too (on the transformers that code supports) and llm-tuning rebuilds the same tokenizer.
     Returns the files copied."""
     architecture = architecture_of(resolved_path)
     if architecture is None:
         return []
     names = [architecture.tokenizer_file, "tokenizer_config.json"]
+    if Path(resolved_path).is_dir():  # every code file: those auto_map names import others (quantization.py)
+        names += sorted(path.name for path in Path(resolved_path).glob("*.py"))
     for config_name in ("config.json", "tokenizer_config.json"):
         source = _base_file(resolved_path, config_name)
         auto_map = json.loads(source.read_text(encoding="utf-8")).get("auto_map", {}) if source else {}
@@ -110,7 +112,22 @@ def keep_original_files(resolved_path: str, folder: Path) -> list[str]:
         if source is not None:
             shutil.copyfile(source, folder / name)
             copied.append(name)
+    _restore_config_keys(_base_file(resolved_path, "config.json"), folder / "config.json")
     return copied
+
+
+def _restore_config_keys(base_config: Path | None, saved_config: Path) -> None:
+    """The base config.json's keys that transformers does not write back (`_name_or_path`, which llama.cpp's
+    converter reads to tell ChatGLM3's vocabulary from GLM-4's), and `torch_dtype` for the original code, which
+    builds its layers in it: the saved dtype."""
+    if base_config is None:
+        return
+    saved = json.loads(saved_config.read_text(encoding="utf-8"))
+    base = json.loads(base_config.read_text(encoding="utf-8"))
+    restored = {**{k: v for k, v in base.items() if k not in saved and k != "torch_dtype"}, **saved}
+    if "dtype" in saved:
+        restored["torch_dtype"] = saved["dtype"]
+    saved_config.write_text(json.dumps(restored, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _base_file(resolved_path: str, name: str) -> Path | None:
