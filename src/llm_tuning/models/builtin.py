@@ -90,9 +90,9 @@ def built_in_tokenizer(architecture: Architecture, path: str):
 
 def keep_original_files(resolved_path: str, folder: Path) -> list[str]:
     """Into a model folder written from a built-in architecture (merge), the base's own tokenizer files and code:
-    its tokenizer file, its tokenizer_config.json and its code files (a hub id's: those auto_map names), so that the folder loads with
-    the original code too (on the transformers that code supports) and llm-tuning rebuilds the same tokenizer.
-    Returns the files copied."""
+    its tokenizer file, its tokenizer_config.json and its code files (a hub id's: those auto_map names), so that the
+    folder loads with the original code too (on the transformers that code supports) and llm-tuning rebuilds the same
+    tokenizer. Returns the files copied."""
     architecture = architecture_of(resolved_path)
     if architecture is None:
         return []
