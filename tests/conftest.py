@@ -13,6 +13,7 @@ from helpers import (
     BH,
     BL,
     BV,
+    CHATGLM3_TINY,
     METHOD_CASES,
     RECORDS,
     SERVER_KEY,
@@ -108,6 +109,27 @@ def method_run(tiny_models, records_path, tmp_path_factory):
         return runs[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def chatglm_folder(tmp_path_factory) -> Path:
+    """The tiny ChatGLM3 checkpoint as THUDM ships one: with its own code files, which must never run (they raise)."""
+    folder = tmp_path_factory.mktemp("chatglm") / "chatglm3-tiny"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json", "generation_config.json"):
+        (folder / name).write_bytes((CHATGLM3_TINY / name).read_bytes())
+    for name in ("configuration_chatglm.py", "modeling_chatglm.py", "tokenization_chatglm.py"):
+        (folder / name).write_text(f'raise RuntimeError("{name} ran: the built-in architecture must be used")\n')
+    return folder
+
+
+@pytest.fixture(scope="session")
+def chatglm_run(chatglm_folder, records_path, tmp_path_factory) -> TrainedRun:
+    """LoRA with its default target (query_key_value) on the tiny ChatGLM3, trust_remote_code as the tutorials set it."""
+    config = run_config(chatglm_folder, records_path, tmp_path_factory.mktemp("runs") / "chatglm", train={"logging_steps": 1})
+    config["model"]["trust_remote_code"] = True
+    config["method"] = {"name": "lora", "r": 8, "lora_alpha": 16}
+    return train_capturing_model(config)
 
 
 @pytest.fixture(scope="session")

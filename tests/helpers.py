@@ -245,6 +245,28 @@ BH, BL, BV = 2048, 24, 46145
 BLOOM_LAYER_BIASES = BH + 3 * BH + BH + BH + 4 * BH + BH  # ln1, qkv, dense, ln2, h->4h, 4h->h
 
 
+# A tiny random ChatGLM3-shaped checkpoint with a small sentencepiece model, and what THUDM's own code computed on them
+# (scripts/chatglm3_reference.py made it; docs/models.md says how)
+CHATGLM3_TINY = Path(__file__).parent / "models" / "fixtures" / "chatglm3-tiny"
+
+
+def chatglm3_expected() -> dict:
+    return json.loads((CHATGLM3_TINY / "expected.json").read_text(encoding="utf-8"))
+
+
+def train_sentencepiece(folder: Path, lines: list[str], vocab_size: int = 500, **options) -> Path:
+    """A sentencepiece model trained here on `lines`: folder/tokenizer.model."""
+    import sentencepiece as spm  # a test dependency of the few tests that build their own tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n".join(lines * 20), encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(folder / "tokenizer"), vocab_size=vocab_size, minloglevel=2, **options
+    )
+    return folder / "tokenizer.model"
+
+
 def require_tool(available: bool, message: str) -> None:
     """Skip a test whose tool (a browser, llama.cpp) is not installed, saying what to install; under CI=true
     fail instead, since CI installs every tool."""

@@ -17,7 +17,7 @@ from .data.records import JSON_SUFFIXES, read_json_objects, read_text, user_mess
 from .data.templates import get_template
 from .detokenize import TextDecoder, decode_answer
 from .errors import UserError
-from .models.loading import ensure_pad_token, load_model, load_tokenizer
+from .models.loading import ensure_pad_token, load_base_model, load_tokenizer
 from .models.resolve import model_type, resolve_model_path
 from .rundir import load_run_config
 from .weights import load_trained
@@ -70,7 +70,7 @@ class Session:
         self.tokenizer = load_tokenizer(self.config.model, path)
         ensure_pad_token(self.tokenizer)
         self.template = get_template(self.config.data.template, self.tokenizer, model_type(path))
-        model = load_model(self.config.model, path)
+        model = load_base_model(self.config.model, path)
         if adapter is not None and not base_only:
             model = load_trained(model, adapter)
         self.model = model.eval()

@@ -1,5 +1,6 @@
 """The `llm-tuning` command. Mistakes in the user's input (`UserError`) print one line, `error: ...`, and exit
-with status 2; Ctrl-C exits with 130; anything else is a bug and keeps its traceback (status 1)."""
+with status 2, and so does a failure inside a model's own code (models/remote_code.py); Ctrl-C exits with 130;
+anything else is a bug and keeps its traceback (status 1)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as e:
+        # a model's own code (trust_remote_code) that fails while it runs, not only while it loads: one line too
+        from ..models.remote_code import remote_code_error
+
+        error = remote_code_error(e)
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 def quiet_libraries() -> None:

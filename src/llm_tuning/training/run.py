@@ -24,7 +24,8 @@ from ..memory.estimate import estimate
 from ..memory.measure import peak_memory
 from ..methods.method import Method
 from ..methods.registry import get_method
-from ..models.loading import ensure_pad_token, load_model, load_tokenizer
+from ..models.builtin import remote_code_note
+from ..models.loading import ensure_pad_token, load_base_model, load_tokenizer
 from ..models.quantization import check_quantization, prepare_for_training, require_bitsandbytes
 from ..models.resolve import model_type, resolve_model_path
 from ..params import count_parameters, trainable_line
@@ -51,6 +52,9 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
 
     adjustments: list[str] = []
     resolved_path = resolve_model_path(config.model.path)
+    note = remote_code_note(config.model, resolved_path)
+    if note:
+        adjustments.append(note)
     tokenizer, template, data = prepare_data(config, resolved_path, train_read.examples, adjustments)
     val_data = encode_validation(config, val_read, template, tokenizer)
     predicted = estimate(config, device=_device())
@@ -179,7 +183,7 @@ def encode_validation(config: Config, val_read, template, tokenizer):
 def prepare_model(config: Config, method: Method, resolved_path: str, tokenizer, adjustments: list[str]):
     """The base with the method applied, trained tensors in their dtype, checkpointing set; and Adam's epsilon."""
     set_seed(config.train.seed)  # before the method initialises its weights
-    model = load_model(config.model, resolved_path)
+    model = load_base_model(config.model, resolved_path)
     model.config.use_cache = False  # the generation cache is useless in training and costs memory
     if config.model.quantization != "none":
         model = prepare_for_training(model)
