@@ -33,7 +33,8 @@ from ..plots import loss_chart
 from ..rundir import LOSS_CHART, SUMMARY_FILE, check_output_dir, save_run_config, write_json
 from ..speed.activations import keep_fewer_activations
 from ..speed.allocator import active_allocator
-from ..speed.cpu_matmul import use_onednn_matmul, use_torch_matmul, wants_onednn
+from ..speed.calibration import choose_cpu_matmul
+from ..speed.cpu_matmul import use_onednn_matmul, use_torch_matmul
 from ..weights import save_trained
 from .callbacks import DivergenceGuard, StopOnInterrupt, interrupt_requests
 from .gradient_checkpointing import enable_checkpointing
@@ -62,7 +63,9 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         check_fits(config, predicted)
     model, epsilon = prepare_model(config, method, resolved_path, tokenizer, adjustments)
     lean = keep_fewer_activations(model) if config.train.lean_activations else []
-    onednn_linears = use_onednn_matmul(model) if wants_onednn(config.train.cpu_matmul) else 0
+    tokens = config.train.batch_size * config.data.max_length
+    matmul = choose_cpu_matmul(model, config.train.cpu_matmul, tokens)
+    onednn_linears = use_onednn_matmul(model) if matmul["library"] == "onednn" else 0
     trainable, total = count_parameters(model)
     if trainable == 0:
         raise UserError(f"method {config.method.name} leaves nothing to train on this model")
@@ -103,6 +106,7 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         "lean_activations": lean,
         "onednn_linears": onednn_linears,
         "allocator": active_allocator(),
+        "speed_choices": {"cpu_matmul": {k: v for k, v in matmul.items() if k != "seconds"}, "allocator": active_allocator()},
         "estimated_peak_memory_bytes": predicted["total_bytes"],
         "estimated_memory_components": predicted["components"],
         **peak_memory(),
