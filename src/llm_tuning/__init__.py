@@ -1,8 +1,9 @@
 """llm-tuning: config-driven fine-tuning of causal language models on modest hardware.
 
-    from llm_tuning import train, generate, merge, compare
+    from llm_tuning import train, generate, merge, compare, load_model
     summary = train("examples/demo.yaml", overrides=["train.max_steps=20"])
     print(generate(adapter=summary["config"]["train"]["output_dir"], prompts=["Who are you?"]))
+    model, tokenizer = load_model("smollm2-135m", dtype="float32")  # as training loads it
 
 The public functions load on first use (`__getattr__`), so that `import llm_tuning` and `llm-tuning --help`
 stay fast and the command can restart on another allocator before torch loads.
@@ -25,6 +26,7 @@ PUBLIC = {
     "merge": "llm_tuning.merging",
     "compare": "llm_tuning.comparison.runner",
     "export_gguf": "llm_tuning.export.gguf",
+    "load_model": "llm_tuning.models.loading",
     "load_config": "llm_tuning.config.load",
     "UserError": "llm_tuning.errors",
 }

@@ -53,9 +53,10 @@ def fsync(path: Path) -> None:
 
 
 def write_file_whole(path: Path, content: str | bytes) -> None:
-    """Write `path` so that it is either its old self or entirely `content`, even if the process dies midway."""
+    """Write `path` so that it is either its old self or entirely `content`, even if the process dies midway. The
+    temporary name carries the process id: processes that write the same file (a shared cache) never mix."""
     path = Path(path)
-    partial = partial_path(path)
+    partial = path.with_name(f"{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
     with write_errors(path):
         try:
             partial.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)

@@ -9,15 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import TextStreamer
+from transformers.generation.streamers import BaseStreamer
 
 from .config.load import load_config
 from .config.sections import Config
 from .data.records import JSON_SUFFIXES, read_json_objects, read_text, user_message
 from .data.templates import get_template
+from .detokenize import TextDecoder, decode_answer
 from .errors import UserError
 from .files import write_file_whole
-from .models.loading import ensure_pad_token, load_model, load_tokenizer
+from .models.loading import ensure_pad_token, load_base_model, load_tokenizer
 from .models.resolve import model_type, resolve_model_path
 from .rundir import load_run_config
 from .weights import load_trained
@@ -70,7 +71,7 @@ class Session:
         self.tokenizer = load_tokenizer(self.config.model, path)
         ensure_pad_token(self.tokenizer)
         self.template = get_template(self.config.data.template, self.tokenizer, model_type(path))
-        model = load_model(self.config.model, path)
+        model = load_base_model(self.config.model, path)
         if adapter is not None and not base_only:
             model = load_trained(model, adapter)
         self.model = model.eval()
@@ -89,27 +90,49 @@ class Session:
         # Generation pads on the left, so that every prompt ends where its answer begins.
         prompts = [{"input_ids": self.template.prompt_ids(self.tokenizer, c, self.config.data.system)} for c in conversations]
         batch = self.tokenizer.pad(prompts, padding=True, padding_side="left", return_tensors="pt").to(self.device)
+        stop_ids = self.template.stop_ids(self.tokenizer)
         with torch.no_grad():
             output = self.model.generate(
                 **batch,
                 **options.kwargs(),
                 pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=self.template.stop_ids(self.tokenizer),
+                eos_token_id=stop_ids,
                 streamer=streamer,
             )
-        new_tokens = output[:, batch["input_ids"].shape[1] :]
-        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
+        return [decode_answer(self.tokenizer, row, stop_ids) for row in new_tokens]
 
     def stream(self, conversation: list[dict], options: GenerationOptions, write=None) -> str:
-        """Answer one conversation, passing the text to `write` as it is generated; returns the whole answer."""
-        write = write or (lambda text: print(text, end="", flush=True))
+        """Answer one conversation, passing the text to `write` as it is generated (in whole characters); returns
+        the whole answer, which is what was written."""
+        streamer = AnswerStreamer(TextDecoder(self.tokenizer, strip=True), self.template.stop_ids(self.tokenizer), write)
+        self._generate_batch([conversation], options, streamer=streamer)
+        return streamer.decoder.text
 
-        class Streamer(TextStreamer):
-            def on_finalized_text(self, text: str, stream_end: bool = False):
-                write(text)
 
-        streamer = Streamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        return self._generate_batch([conversation], options, streamer=streamer)[0]
+class AnswerStreamer(BaseStreamer):
+    """transformers' streamer interface over a TextDecoder: skips the prompt, stops at the first stop token."""
+
+    def __init__(self, decoder: TextDecoder, stop_ids: list[int], write=None):
+        self.decoder, self.stop_ids = decoder, set(stop_ids)
+        self.write = write or (lambda text: print(text, end="", flush=True))
+        self.prompt_seen = self.stopped = False
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:  # generate passes the prompt first
+            self.prompt_seen = True
+            return
+        for token_id in value.reshape(-1).tolist():
+            self.stopped = self.stopped or token_id in self.stop_ids
+            if not self.stopped:
+                self._write(self.decoder.push(token_id))
+
+    def end(self) -> None:
+        self._write(self.decoder.close())
+
+    def _write(self, text: str) -> None:
+        if text:
+            self.write(text)
 
 
 def read_prompts(path: str | Path) -> list[str]:

@@ -11,7 +11,8 @@ from .data.templates import get_template
 from .errors import UserError
 from .files import folder_written_whole, write_json
 from .methods.registry import get_method
-from .models.loading import load_model, load_tokenizer
+from .models.builtin import keep_original_files
+from .models.loading import load_base_model, load_tokenizer
 from .models.resolve import model_type, resolve_model_path
 from .rundir import check_output_folder, load_run_config
 from .weights import is_peft_model, load_trained
@@ -33,7 +34,7 @@ def merge(adapter: str | Path, output: str | Path, overwrite: bool = False) -> P
     path = resolve_model_path(config.model.path)
     tokenizer = load_tokenizer(config.model, path)
     # Always merge into the base in full precision: merging into a quantized base would re-quantize, lossily.
-    model = load_trained(load_model(config.model, path, dtype="float32", quantize=False), adapter)
+    model = load_trained(load_base_model(config.model, path, dtype="float32", quantize=False), adapter)
     if is_peft_model(model):
         model = model.merge_and_unload()
     template = get_template(config.data.template, tokenizer, model_type(path))
@@ -47,6 +48,7 @@ def merge(adapter: str | Path, output: str | Path, overwrite: bool = False) -> P
     with folder_written_whole(output, manifest=True) as partial:
         model.save_pretrained(partial, safe_serialization=True)
         tokenizer.save_pretrained(partial)
+        keep_original_files(path, partial)  # a built-in architecture's folder keeps the original's tokenizer and code
         summary = {
             "adapter": str(Path(adapter).resolve()),
             "base_model": path,

@@ -8,13 +8,16 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from .config.load import as_config
 from .config.sections import Config
 from .errors import UserError, first_line
 from .methods.registry import get_method
-from .models.resolve import resolve_model_path
+from .models.builtin import allows_remote_code
+from .models.loading import load_tokenizer
+from .models.remote_code import remote_code_failures
+from .models.resolve import model_config_dict, resolve_model_path
 
 
 def count_parameters(model) -> tuple[int, int]:
@@ -34,12 +37,14 @@ def meta_model(config: Config):
     """(resolved path, model config, model) with the model built on the meta device from config.json alone:
     shapes only, so a 7B model is built in a second without memory. Shared by `params` and `estimate`."""
     path = resolve_model_path(config.model.path)
-    try:
-        model_config = AutoConfig.from_pretrained(path, trust_remote_code=config.model.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read the model config of '{config.model.path}': {first_line(e)}") from None
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(model_config, trust_remote_code=config.model.trust_remote_code)
+    remote_code = allows_remote_code(config.model, path)  # never for a built-in architecture (models/builtin.py)
+    with remote_code_failures(model_config_dict(path)):
+        try:
+            model_config = AutoConfig.from_pretrained(path, trust_remote_code=remote_code)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read the model config of '{config.model.path}': {first_line(e)}") from None
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(model_config, trust_remote_code=remote_code)
     return path, model_config, model
 
 
@@ -47,7 +52,7 @@ def plan(config: Config | str | Path | dict | None = None, overrides=()) -> dict
     """What the config's method trains on its model, from config.json alone: counts and a per-module breakdown."""
     config = as_config(config, overrides)
     path, _, model = meta_model(config)
-    model = get_method(config.method.name).apply(model, config.method, tokenizer_if_any(path))
+    model = get_method(config.method.name).apply(model, config.method, tokenizer_if_any(config, path))
     trainable, total = count_parameters(model)
     return {
         "method": config.method.name,
@@ -70,9 +75,9 @@ def trainable_breakdown(model) -> list[dict]:
     return [{"name": name, "tensors": tensors, "params": params} for name, (tensors, params) in groups.items()]
 
 
-def tokenizer_if_any(path: str):
+def tokenizer_if_any(config: Config, path: str):
     """The tokenizer, for methods that need one (prompt tuning from text); None for a folder with only config.json."""
     try:
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, TypeError):
+        return load_tokenizer(config.model, path)
+    except (UserError, OSError, ValueError, TypeError):
         return None

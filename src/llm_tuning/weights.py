@@ -6,10 +6,18 @@ tensors and options (methods/adapter.py). Methods that train the model's own par
 save only those tensors (`trained_weights.safetensors`); the base model named in the run's config.yaml supplies
 the rest. Each file is written whole; a run is loaded only once its manifest.json says that its results are
 complete.
+
+Several runs can share one base model (a server answers with each by name): `trained_kind` tells what a run saved,
+`shares_base` whether runs of that kind load side by side, `load_trained` adds each under its name and
+`adapter_in_use` picks one (or none, for the base) for the next forward passes. Another kind of adapter plugs in
+at these four places.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from peft import PeftModel
@@ -21,6 +29,8 @@ from .methods import adapter as bottleneck
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 TRAINED_WEIGHTS_FILE = "trained_weights.safetensors"
+WHOLE_MODEL = "whole model"  # the kind of runs that changed the model's own weights (full, freeze, bitfit)
+BOTTLENECK = "bottleneck adapters"  # our own adapters (methods/adapter.py): one set per model, not named
 
 
 def is_peft_model(model) -> bool:
@@ -47,8 +57,9 @@ def save_trained(model, run_dir: str | Path, method_options=None) -> int:
         return (folder / TRAINED_WEIGHTS_FILE).stat().st_size
 
 
-def load_trained(model, run_dir: str | Path):
-    """The base `model` with a run's trained weights in place (a PeftModel for peft methods)."""
+def load_trained(model, run_dir: str | Path, name: str = "default"):
+    """The base `model` with a run's trained weights in place (a PeftModel for peft methods). A peft adapter is
+    loaded under `name`; loaded into a PeftModel, it is added beside the adapters already there."""
     run_dir = Path(run_dir)
     problem = manifest_problem(run_dir)
     if problem:
@@ -57,7 +68,10 @@ def load_trained(model, run_dir: str | Path):
             "train.resume=true"
         )
     if (run_dir / ADAPTER_CONFIG_FILE).is_file():
-        return PeftModel.from_pretrained(model, str(run_dir))
+        if is_peft_model(model):
+            model.load_adapter(str(run_dir), adapter_name=name)
+            return model
+        return PeftModel.from_pretrained(model, str(run_dir), adapter_name=name)
     if (run_dir / bottleneck.CONFIG_FILE).is_file():
         return bottleneck.load_adapters(model, run_dir)
     if (run_dir / TRAINED_WEIGHTS_FILE).is_file():
@@ -69,5 +83,46 @@ def load_trained(model, run_dir: str | Path):
                 "changed?"
             )
         return model
+    raise _no_trained_weights(run_dir)
+
+
+def trained_kind(run_dir: str | Path) -> str:
+    """What a run saved: peft's adapter type (LORA, IA3, PREFIX_TUNING ...), BOTTLENECK, or WHOLE_MODEL for the
+    model's own trained tensors."""
+    run_dir = Path(run_dir)
+    if (run_dir / ADAPTER_CONFIG_FILE).is_file():
+        try:
+            settings = json.loads((run_dir / ADAPTER_CONFIG_FILE).read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise UserError(f"{run_dir / ADAPTER_CONFIG_FILE}: not valid JSON ({e})") from None
+        return str(settings.get("peft_type", "peft")) if isinstance(settings, dict) else "peft"
+    if (run_dir / bottleneck.CONFIG_FILE).is_file():
+        return BOTTLENECK
+    if (run_dir / TRAINED_WEIGHTS_FILE).is_file():
+        return WHOLE_MODEL
+    raise _no_trained_weights(run_dir)
+
+
+def shares_base(kind: str) -> bool:
+    """Whether runs of `kind` load side by side on one base, which then still answers as itself: peft's adapters
+    do (peft holds adapters of one type in a model); the model's own weights and bottleneck adapters change the
+    base for good (bottleneck adapters would need names, and a switch in their hook, to share it)."""
+    return kind not in (WHOLE_MODEL, BOTTLENECK)
+
+
+def _no_trained_weights(run_dir: Path) -> UserError:
     kinds = f"{ADAPTER_CONFIG_FILE}, {bottleneck.CONFIG_FILE} or {TRAINED_WEIGHTS_FILE}"
-    raise UserError(f"{run_dir} holds no trained weights ({kinds}); did its training finish?")
+    return UserError(f"{run_dir} holds no trained weights ({kinds}); did its training finish?")
+
+
+@contextmanager
+def adapter_in_use(model, name: str | None) -> Iterator:
+    """The model answering with the adapter loaded as `name`, or with its base alone (None)."""
+    if not is_peft_model(model):
+        yield model
+    elif name is None:
+        with model.disable_adapter():
+            yield model
+    else:
+        model.set_adapter(name, inference_mode=True)
+        yield model

@@ -149,7 +149,7 @@ def test_resuming_train_reads_the_runs_allocator_before_torch_loads(tmp_path, mo
     (run / "run_record.json").write_text('{"allocator": "glibc", "allocator_library": "system"}')
     config = write_config(tmp_path, f"train:\n  output_dir: {run}\n")
     script = (
-        "import os, sys; from llm_tuning.cli.commands import use_run_allocator; from llm_tuning.cli.parser import "
+        "import os, sys; from llm_tuning.cli import use_run_allocator; from llm_tuning.cli.parser import "
         f"parse_arguments; use_run_allocator(parse_arguments(['train', {str(config)!r}, *sys.argv[1:]])); "
         "print(os.environ.get('LLM_TUNING_ALLOCATOR'), 'torch' in sys.modules)"
     )

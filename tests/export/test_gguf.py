@@ -163,3 +163,72 @@ def test_cli_export_with_an_ollama_modelfile(trained_run, tmp_path, capsys):
     record = json.loads((tmp_path / "tuned.gguf.json").read_text())
     assert record["modelfile"] == str(tmp_path / "Modelfile") and record["template"] == "native"
     assert "[1/3] merging" in capsys.readouterr().err
+
+
+# llama.cpp's converter reads a ChatGLM3 vocabulary through the folder's own tokenization_chatglm.py (THUDM's, which the
+# merge copies from the base); this stand-in gives it what it reads (the sentencepiece model, pieces by id), nothing more
+CHATGLM_TOKENIZER_STAND_IN = """import os
+
+from sentencepiece import SentencePieceProcessor
+
+SPECIAL = ["[MASK]", "[gMASK]", "[sMASK]", "sop", "eop", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"]
+
+
+class SentencePiece:
+    def __init__(self, path):
+        self.sp_model = SentencePieceProcessor(model_file=path)
+
+
+class ChatGLMTokenizer:
+    @classmethod
+    def register_for_auto_class(cls, *args, **kwargs):
+        pass
+
+    @classmethod
+    def from_pretrained(cls, folder, *args, **kwargs):
+        return cls(os.path.join(folder, "tokenizer.model"))
+
+    def __init__(self, path):
+        self.tokenizer = SentencePiece(path)
+        size = self.tokenizer.sp_model.vocab_size()
+        self.special = {token: size + index for index, token in enumerate(SPECIAL)}
+
+    def _convert_id_to_token(self, index):
+        for token, token_id in self.special.items():
+            if token_id == index:
+                return token
+        sp = self.tokenizer.sp_model
+        return sp.IdToPiece(index) if 2 < index < sp.vocab_size() else ""
+
+    def get_vocab(self):
+        sp = self.tokenizer.sp_model
+        return {**{sp.IdToPiece(i): i for i in range(sp.vocab_size())}, **self.special}
+"""
+
+
+def test_a_chatglm3_run_exports_and_llama_cpp_answers_as_transformers_does(chatglm_folder, records_path, tmp_path):
+    base = tmp_path / "chatglm3"
+    base.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json"):
+        (base / name).write_bytes((chatglm_folder / name).read_bytes())
+    (base / "tokenization_chatglm.py").write_text(CHATGLM_TOKENIZER_STAND_IN)
+    config = run_config(base, records_path, tmp_path / "run", model={"trust_remote_code": True}, train={"max_steps": 6})
+    config["method"] = {"name": "lora", "r": 8, "lora_alpha": 16}
+    train(config)
+    path = tmp_path / "chatglm3.gguf"
+    export_gguf(path, adapter=tmp_path / "run", quant="f16")
+    from llm_tuning import load_model, merge
+
+    model, tokenizer = load_model(merge(tmp_path / "run", tmp_path / "merged"))
+    template = get_template("chatglm3", tokenizer)
+    llm = verify.load_gguf(path, context=256)
+    try:
+        rounded = verify.rounded_like(model, torch.float16)
+        for conversation in CONVERSATIONS[:2]:
+            prompt = template.prompt_ids(tokenizer, conversation)
+            expected = verify.transformers_greedy(rounded, prompt, 8, template.stop_ids(tokenizer))
+            assert verify.llama_cpp_greedy(llm, prompt, 8) == expected
+        text = "Who are you? 你是谁？"
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == tokenizer(text, add_special_tokens=False)["input_ids"]
+    finally:
+        llm.close()

@@ -4,7 +4,7 @@ from llm_tuning import hub
 from llm_tuning.config.sections import ModelConfig
 from llm_tuning.errors import UserError
 from llm_tuning.models import aliases as provision
-from llm_tuning.models.loading import load_model
+from llm_tuning.models.loading import load_base_model
 from llm_tuning.models.resolve import resolve_model_path
 
 
@@ -30,7 +30,7 @@ def test_hub_load_failure_is_a_clear_error(monkeypatch):
         UserError,
         match=r"could not load model 'someone/some-model' from the Hugging Face hub \(We couldn't connect.*\); offline\?",
     ):
-        load_model(ModelConfig(path="someone/some-model"), "someone/some-model")
+        load_base_model(ModelConfig(path="someone/some-model"), "someone/some-model")
 
 
 def test_unreachable_hub_fails_fast(monkeypatch):

@@ -73,3 +73,16 @@ def test_mixed_precision_gradients_keep_the_parameters_dtype(tiny_llama):
     for name, grad in grads_plain.items():
         assert grads_lean[name].dtype == torch.float32
         torch.testing.assert_close(grads_lean[name], grad, atol=1e-3, rtol=2e-2, msg=name)
+
+
+def test_chatglms_fused_swiglu_keeps_gate_and_up_only(chatglm_folder):
+    """ChatGLM's MLP computes gate and up in one projection (dense_h_to_4h); rewritten the same way."""
+    plain, lean = lora_model(chatglm_folder), lora_model(chatglm_folder)
+    done = keep_fewer_activations(lean)
+    assert done[0] == "2 gated MLPs keep gate and up only"
+    loss_plain, grads_plain, kept_plain = step(plain)
+    loss_lean, grads_lean, kept_lean = step(lean)
+    assert torch.equal(loss_lean, loss_plain)
+    for name in grads_plain:
+        torch.testing.assert_close(grads_lean[name], grads_plain[name], atol=1e-6, rtol=1e-5, msg=name)
+    assert kept_plain - kept_lean >= 2 * 2 * 24 * 4 * plain.config.ffn_hidden_size  # act(gate) per layer and token

@@ -8,22 +8,11 @@ from transformers import AutoModelForCausalLM
 
 from helpers import assert_only_trainable_tensors_changed, lora_model, run_config, train_capturing_model
 from llm_tuning.data.encode import IGNORE_INDEX
-from llm_tuning.speed import cpu_matmul
-from llm_tuning.speed.cpu_matmul import onednn_linear, onednn_linear_forward, use_onednn_matmul, wants_onednn
+from llm_tuning.speed.cpu_matmul import onednn_linear, onednn_linear_forward, use_onednn_matmul
 from llm_tuning.training import loss as loss_module
 from llm_tuning.training.loss import labelled_loss
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
-
-
-def test_auto_means_onednn_on_x86_cpus_not_made_by_intel(monkeypatch):
-    monkeypatch.setattr(cpu_matmul.platform, "machine", lambda: "x86_64")
-    for vendor, expected in (("AuthenticAMD", True), ("HygonGenuine", True), ("GenuineIntel", False), (None, False)):
-        monkeypatch.setattr(cpu_matmul, "cpu_vendor", lambda vendor=vendor: vendor)
-        assert wants_onednn("auto") is expected, vendor
-        assert wants_onednn("torch") is False and wants_onednn("onednn") is True
-    monkeypatch.setattr(cpu_matmul.platform, "machine", lambda: "aarch64")
-    assert wants_onednn("auto") is False
 
 
 def loss_and_gradients(model):

@@ -167,12 +167,14 @@ def test_changed_data_is_refused(tiny_llama, records_path, tmp_path):
 
 def test_the_library_chosen_to_multiply_at_the_start_is_kept_on_resume(tiny_llama, records_path, tmp_path, monkeypatch):
     config = run_config(tiny_llama, records_path, tmp_path / "run", train={"max_steps": 1, "save_steps": 1})
-    first = train(config)["cpu_matmul"]
+    first = train(config)["speed_choices"]["cpu_matmul"]["library"]
     record = json.loads((tmp_path / "run" / "run_record.json").read_text())
     assert record["cpu_matmul"] == first and record["data_sha256"] and "allocator" in record
-    monkeypatch.setattr(run, "wants_onednn", lambda choice: first == "torch")  # this machine would choose otherwise
+    other = "torch" if first == "onednn" else "onednn"  # what a measurement in this process would choose now
+    monkeypatch.setattr(run, "choose_cpu_matmul", lambda model, setting, tokens: {"library": other, "why": "measured"})
     config["train"].update(resume=True, max_steps=2)
-    assert train(config)["cpu_matmul"] == first
+    resumed = train(config)["speed_choices"]["cpu_matmul"]
+    assert resumed == {"library": first, "why": "as when the run started (run_record.json)"}
 
 
 def test_resumed_at_its_last_step_in_the_middle_of_an_epoch_it_trains_no_more(tiny_llama, many_records_path, tmp_path):

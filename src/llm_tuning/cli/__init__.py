@@ -1,5 +1,6 @@
 """The `llm-tuning` command. Mistakes in the user's input (`UserError`) print one line, `error: ...`, and exit
-with status 2; Ctrl-C exits with 130; anything else is a bug and keeps its traceback (status 1)."""
+with status 2, and so does a failure inside a model's own code (models/remote_code.py); Ctrl-C exits with 130;
+anything else is a bug and keeps its traceback (status 1)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from ..errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, UserError
-from ..speed.allocator import restart_with_preferred_allocator
-from .commands import use_run_allocator
+from ..speed.allocator import prefer_recorded_allocator, restart_with_preferred_allocator
 from .parser import parse_arguments
 
 
@@ -28,6 +29,35 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as e:
+        # a model's own code (trust_remote_code) that fails while it runs, not only while it loads: one line too
+        from ..models.remote_code import remote_code_error
+
+        error = remote_code_error(e)
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def use_run_allocator(args) -> None:
+    """`llm-tuning train ... train.resume=true` restarts on the malloc its run started on (speed/allocator.py), read
+    from the run's run_record.json before torch loads. A config that cannot be read is left to `train` to report."""
+    from ..config.sections import TrainConfig
+    from ..config.sources import apply_overrides, read_source
+    from ..resume import read_run_record
+
+    if args.command != "train":
+        return
+    try:
+        raw, where = read_source(args.config)
+        apply_overrides(raw, where, args.overrides)
+        settings = raw.get("train") or {}
+        if settings.get("resume") is True:
+            output_dir = Path(str(settings.get("output_dir") or TrainConfig.output_dir)).expanduser()
+            prefer_recorded_allocator(os.environ, read_run_record(output_dir))
+    except (UserError, AttributeError, OSError):
+        return
 
 
 def quiet_libraries() -> None:

@@ -6,6 +6,7 @@ once, without loading torch, and the allocator restart (cli/__init__.py) must ha
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -20,27 +21,6 @@ def cmd_train(args) -> int:
 
     summary = train(args.config, args.overrides)
     return EXIT_INTERRUPTED if summary["status"] == "interrupted" else 0
-
-
-def use_run_allocator(args) -> None:
-    """`llm-tuning train ... train.resume=true` restarts on the malloc its run started on (speed/allocator.py), read
-    from the run's run_record.json before torch loads. A config that cannot be read is left to `train` to report."""
-    from ..config.sections import TrainConfig
-    from ..config.sources import apply_overrides, read_source
-    from ..resume import read_run_record
-    from ..speed.allocator import prefer_recorded_allocator
-
-    if args.command != "train":
-        return
-    try:
-        raw, where = read_source(args.config)
-        apply_overrides(raw, where, args.overrides)
-        settings = raw.get("train") or {}
-        if settings.get("resume") is True:
-            output_dir = Path(str(settings.get("output_dir") or TrainConfig.output_dir)).expanduser()
-            prefer_recorded_allocator(os.environ, read_run_record(output_dir))
-    except (UserError, AttributeError, OSError):
-        return
 
 
 def cmd_generate(args) -> int:
@@ -172,6 +152,25 @@ def cmd_export(args) -> int:
 
     export_gguf(
         args.output, adapter=args.adapter, model=args.model, quant=args.quant, overwrite=args.overwrite, ollama=args.ollama
+    )
+    return 0
+
+
+def cmd_serve(args) -> int:
+    if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
+        raise UserError("serve needs FastAPI and uvicorn: pip install 'llm-tuning[serve]'")
+    from ..serving.launch import run_server
+
+    run_server(
+        args.config,
+        args.overrides,
+        args.adapter or (),
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key or os.environ.get("LLM_TUNING_API_KEY") or None,
+        max_queue=args.max_queue,
+        max_batch=args.max_batch,
+        threads=args.threads,
     )
     return 0
 

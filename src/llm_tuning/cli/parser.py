@@ -18,6 +18,7 @@ from .commands import (
     cmd_inspect,
     cmd_merge,
     cmd_params,
+    cmd_serve,
     cmd_train,
 )
 
@@ -132,6 +133,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(p)
     _add_generation_arguments(p)
     p.set_defaults(run=cmd_chat)
+
+    p = commands.add_parser(
+        "serve",
+        help="serve a base model and trained runs over an OpenAI-compatible HTTP API",
+        description="Serve the base model of CONFIG, or the runs given with --adapter (their base, loaded once, is "
+        "served by its own name too), over OpenAI's API: /v1/chat/completions, /v1/completions, /v1/models, and "
+        "/health. Requests that arrive together are answered in one batch. Listens on 127.0.0.1 unless --host says "
+        "otherwise (docs/serving.md).",
+    )
+    _add_config_arguments(p, required=False, note="; not needed with --adapter")
+    p.add_argument(
+        "--adapter",
+        action="append",
+        metavar="[NAME=]RUN_DIR",
+        help="a training run to serve, by NAME (default: its folder's name); repeat for several runs on one base",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    p.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="require 'Authorization: Bearer KEY' on /v1/* (default: $LLM_TUNING_API_KEY; none when unset)",
+    )
+    p.add_argument("--max-queue", type=int, default=256, metavar="N", help="requests that may wait; more get 503 (default 256)")
+    p.add_argument("--max-batch", type=int, default=32, metavar="N", help="most requests answered in one batch (default 32)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads for generation (default: torch's, one per core; on a CPU shared with other work, 1 can be faster)",
+    )
+    p.set_defaults(run=cmd_serve)
 
     p = commands.add_parser(
         "merge",

@@ -141,9 +141,9 @@ class TrainConfig:
     )
     cpu_matmul: str = option(
         "auto",
-        "Which library multiplies frozen fp32 linear layers on a CPU: `torch` (MKL on x86), `onednn` (faster on AMD "
-        "CPUs, where MKL runs a generic path; see docs/speed.md), or `auto`: oneDNN on x86 CPUs not made by Intel, torch "
-        "elsewhere.",
+        "Which library multiplies frozen fp32 linear layers on a CPU: `torch` (MKL on x86), `onednn`, or `auto`: the one "
+        "measured faster on the model's own product shapes at start-up (cached per CPU; the run summary's "
+        "`speed_choices` says which and why; docs/speed.md).",
         choices=("auto", "torch", "onednn"),
     )
     gradient_checkpointing: bool = option(

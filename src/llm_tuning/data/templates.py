@@ -174,11 +174,14 @@ LLAMA3 = FormatTemplate(
     assistant=("{content}", Token("<|eot_id|>")),
 )
 CHATGLM3 = FormatTemplate(
-    name="chatglm3",  # [gMASK]sop<|user|> \n {query}<|assistant|> \n {response}</s>
+    # as the ChatGLM3 tutorial builds a sample: build_chat_input(query) = [gMASK] sop <|user|> encode("\n")
+    # encode(query) <|assistant|>, then encode("\n" + response) and the EOS; a system turn is <|system|> encode("\n")
+    # encode(system), as build_chat_input puts it (sentencepiece adds its dummy prefix to every encoded part)
+    name="chatglm3",
     prefix=(Token("[gMASK]"), Token("sop")),
     system=(Token("<|system|>"), "\n", "{content}"),
     user=(Token("<|user|>"), "\n", "{content}", Token("<|assistant|>")),
-    assistant=("\n", "{content}", EOS),
+    assistant=("\n{content}", EOS),
 )
 CHATML = FormatTemplate(
     name="chatml",  # Qwen

@@ -61,7 +61,7 @@ def estimate(
     path, model_config, model = meta_model(config)
     base_bytes, quantized_params = weight_bytes(model, config)  # before the method adds its own tensors
     method = get_method(config.method.name)
-    model = method.apply(model, config.method, tokenizer_if_any(path))
+    model = method.apply(model, config.method, tokenizer_if_any(config, path))
     trained = [p for p in model.parameters() if p.requires_grad]
     trained_count = sum(p.numel() for p in trained)
     added = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and not method.trains_base)
@@ -221,7 +221,7 @@ def layers_with_gradients(model, layer_count: int) -> int:
         if not parameter.requires_grad:
             continue
         match = re.search(r"\.(?:layers|h|blocks)\.(\d+)\.", name)
-        if match is None and not re.search(r"lm_head|\.norm\.|ln_f|final_layer", name):
+        if match is None and not re.search(r"lm_head|output_layer|\.norm\.|ln_f|final_layer", name):
             return layer_count  # before the layers (embeddings, prompt encoders, prefixes)
         if match is not None:
             first = min(first, int(match.group(1)))

@@ -17,7 +17,7 @@ class Options:
     target_modules: list[str] | str | None = option(
         None,
         "Modules whose activations are rescaled (list, regex or `all-linear`); null uses peft's default "
-        "for the architecture (k_proj, v_proj, down_proj on Llama).",
+        "for the architecture (k_proj, v_proj, down_proj on Llama; query_key_value, mlp.dense_4h_to_h on BLOOM and ChatGLM).",
     )
     feedforward_modules: list[str] | str | None = option(
         None,
@@ -26,8 +26,16 @@ class Options:
     )
 
 
+# model types peft has no IA3 default for: its choice for BLOOM, whose layers have the same names
+DEFAULT_TARGETS = {"chatglm": (["query_key_value", "mlp.dense_4h_to_h"], ["mlp.dense_4h_to_h"])}
+
+
 def apply(model, options: Options, tokenizer=None):
-    return wrap(model, IA3Config, "ia3", **peft_fields(options))
+    fields = peft_fields(options)
+    defaults = DEFAULT_TARGETS.get(getattr(model.config, "model_type", ""))
+    if defaults and options.target_modules is None:
+        fields["target_modules"], fields["feedforward_modules"] = defaults
+    return wrap(model, IA3Config, "ia3", **fields)
 
 
 # the scaling vectors fold into the frozen weights

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from transformers.utils import cached_file
+
 from ..errors import UserError
 from ..hub import HUB_ID, check_hub_reachable
 from .aliases import ALIASES, provision
@@ -34,7 +36,18 @@ def resolve_model_path(path: str) -> str:
     )
 
 
-def model_type(resolved_path: str) -> str | None:
-    """The architecture family from the folder's config.json (None for a hub id not yet downloaded)."""
+def model_config_dict(resolved_path: str) -> dict | None:
+    """The model's config.json: from its folder, or for a hub id from the Hugging Face cache (fetching that one file);
+    None where it cannot be had."""
     config_file = Path(resolved_path, "config.json")
-    return json.loads(config_file.read_text()).get("model_type") if config_file.is_file() else None
+    if not config_file.is_file() and HUB_ID.match(resolved_path):
+        try:
+            config_file = Path(cached_file(resolved_path, "config.json"))
+        except OSError:
+            return None
+    return json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else None
+
+
+def model_type(resolved_path: str) -> str | None:
+    """The architecture family from the model's config.json (None where there is none to read)."""
+    return (model_config_dict(resolved_path) or {}).get("model_type")

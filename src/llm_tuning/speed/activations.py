@@ -1,7 +1,8 @@
 """Fewer activations kept for backward, same results (`train.lean_activations`).
 
 Autograd keeps whatever each op needs for its own gradient, so two common patterns keep more than the layer needs:
-- a gated MLP, down(act(gate(x)) * up(x)), keeps gate, act(gate) and up (3 x intermediate values per token).
+- a gated MLP, down(act(gate(x)) * up(x)), keeps gate, act(gate) and up (3 x intermediate values per token);
+  so does a fused one (ChatGLM's: gate and up the halves of one projection).
   `GatedProduct` keeps gate and up and recomputes act(gate) in backward: one elementwise op for a third less.
 - LoRA's dropout, lora_A(dropout(x)), keeps a full-size float mask and the dropped-out input, per adapted
   projection. `DropoutLinear` keeps x (the same tensor for q, k and v, or gate and up, so once) and a 1-byte
@@ -87,6 +88,20 @@ def gated_mlp_forward(mlp, activation: str, x):
     return mlp.down_proj(GatedProduct.apply(mlp.gate_proj(x), mlp.up_proj(x), activation))
 
 
+def fused_gated_mlp_forward(mlp, x):
+    """The same for a gated MLP whose gate and up come from one projection (ChatGLM's dense_h_to_4h), split in halves."""
+    fused, down = (getattr(mlp, name) for name in mlp.fused_gated_layers)
+    gate, up = fused(x).chunk(2, dim=-1)
+    return down(GatedProduct.apply(gate, up, mlp.gated_activation))
+
+
+def is_fused_gated_mlp(module) -> bool:
+    """A gated MLP with gate and up fused in one projection that declares itself: `fused_gated_layers` names its
+    (fused, down) projections, `gated_activation` its activation (one of ACTIVATIONS); its forward computes
+    down(act(gate) * up) with gate, up the halves of the fused output."""
+    return getattr(module, "fused_gated_layers", None) is not None and getattr(module, "gated_activation", None) in ACTIVATIONS
+
+
 def lora_a_forward(lora_a: nn.Linear, p: float, x):
     if lora_a.training:
         return DropoutLinear.apply(x, lora_a.weight, p)
@@ -97,7 +112,10 @@ def keep_fewer_activations(model) -> list[str]:
     """Rewrite, in place, the gated MLPs and LoRA dropouts of `model` as above; says what it rewrote."""
     mlps = [m for m in model.modules() if is_gated_mlp(m)]
     for mlp in mlps:
-        mlp.forward = partial(gated_mlp_forward, mlp, type(mlp.act_fn).__name__)
+        if is_fused_gated_mlp(mlp):
+            mlp.forward = partial(fused_gated_mlp_forward, mlp)
+        else:
+            mlp.forward = partial(gated_mlp_forward, mlp, type(mlp.act_fn).__name__)
     dropouts = 0
     for module in model.modules():
         for name, dropout in list(getattr(module, "lora_dropout", {}).items()):
@@ -116,6 +134,8 @@ _GATED_MLP_CLASSES: dict[type, bool] = {}
 
 def is_gated_mlp(module) -> bool:
     """Whether `module` is a gated MLP with the forward GatedProduct rewrites, and an activation it knows."""
+    if is_fused_gated_mlp(module):
+        return True
     cls = type(module)
     if cls not in _GATED_MLP_CLASSES:
         try:

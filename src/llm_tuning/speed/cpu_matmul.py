@@ -1,8 +1,10 @@
-"""Frozen linear layers multiplied by oneDNN on the CPU (`train.cpu_matmul`: `onednn`, or `auto` on non-Intel x86).
+"""Frozen linear layers multiplied by oneDNN on the CPU (`train.cpu_matmul`: `onednn`, or `auto` where it is measured
+faster: calibration.py).
 
 torch's x86 wheels multiply fp32 matrices with MKL, which on AMD CPUs runs its generic code path (MKL_VERBOSE names
 "Intel(R) Architecture processors"). oneDNN, which torch also ships and which picks its kernels by instruction set,
-not by vendor, multiplies the same shapes faster there (`python benchmarks/cpu_matmul.py`). Only frozen fp32
+not by vendor, often multiplies the same shapes faster there, but not on every CPU (`python benchmarks/cpu_matmul.py`):
+so `auto` measures which is faster on the model's own shapes (calibration.py). Only frozen fp32
 `nn.Linear` layers are switched: their backward is one product, grad @ W, with no weight gradient, so the
 autograd function below is all they need; the chunked loss (loss.py) multiplies a switched LM head the same way
 on tcmalloc or jemalloc.
@@ -11,7 +13,6 @@ Results match torch's products to fp32 rounding (tests/speed/test_cpu_matmul.py)
 
 from __future__ import annotations
 
-import platform
 from functools import partial
 
 import torch
@@ -49,23 +50,6 @@ def is_frozen_cpu_linear(module) -> bool:
         return False
     frozen = not module.weight.requires_grad and (module.bias is None or not module.bias.requires_grad)
     return frozen and module.weight.dtype == torch.float32 and module.weight.device.type == "cpu"
-
-
-def wants_onednn(choice: str) -> bool:
-    """Whether `train.cpu_matmul` (auto, torch or onednn) means oneDNN on this machine: `auto` does where MKL
-    would run its generic path, on x86 CPUs from other vendors than Intel."""
-    if choice != "auto":
-        return choice == "onednn"
-    return platform.machine().lower() in ("x86_64", "amd64") and cpu_vendor() not in ("GenuineIntel", None)
-
-
-def cpu_vendor() -> str | None:
-    """The CPU's vendor string as Linux reports it (GenuineIntel, AuthenticAMD ...), or None where unknown."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            return next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("vendor_id")), None)
-    except OSError:
-        return None
 
 
 def use_onednn_matmul(model) -> int:

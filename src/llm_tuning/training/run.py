@@ -25,12 +25,13 @@ from ..memory.estimate import estimate
 from ..memory.measure import peak_memory
 from ..methods.method import Method
 from ..methods.registry import get_method
-from ..models.loading import ensure_pad_token, load_model, load_tokenizer
+from ..models.builtin import remote_code_note
+from ..models.loading import ensure_pad_token, load_base_model, load_tokenizer
 from ..models.quantization import check_quantization, prepare_for_training, require_bitsandbytes
 from ..models.resolve import model_type, resolve_model_path
 from ..params import count_parameters, trainable_line
 from ..plots import loss_chart
-from ..resume import check_same_data, check_same_training, read_run_record, write_run_record
+from ..resume import RUN_RECORD_FILE, check_same_data, check_same_training, read_run_record, write_run_record
 from ..rundir import (
     LOSS_CHART,
     SUMMARY_FILE,
@@ -42,7 +43,8 @@ from ..rundir import (
 )
 from ..speed.activations import keep_fewer_activations
 from ..speed.allocator import active_allocator, recorded_allocator
-from ..speed.cpu_matmul import use_onednn_matmul, use_torch_matmul, wants_onednn
+from ..speed.calibration import choose_cpu_matmul
+from ..speed.cpu_matmul import use_onednn_matmul, use_torch_matmul
 from ..weights import save_trained
 from .callbacks import DivergenceGuard, ProgressBar, StopOnInterrupt, interrupt_requests
 from .checkpoints import reopen_run_folder, resumable_checkpoint
@@ -63,6 +65,9 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
 
     adjustments: list[str] = []
     resolved_path = resolve_model_path(config.model.path)
+    note = remote_code_note(config.model, resolved_path)
+    if note:
+        adjustments.append(note)
     tokenizer, template, data = prepare_data(config, resolved_path, train_read.examples, adjustments)
     val_data = encode_validation(config, val_read, template, tokenizer)
     fingerprint = data.fingerprint()
@@ -74,9 +79,12 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         check_fits(config, predicted)
     model, epsilon = prepare_model(config, method, resolved_path, tokenizer, adjustments)
     lean = keep_fewer_activations(model) if config.train.lean_activations else []
-    # which library multiplies is decided once per run: a resumed run multiplies as it started
-    cpu_matmul = record.get("cpu_matmul") or ("onednn" if wants_onednn(config.train.cpu_matmul) else "torch")
-    onednn_linears = use_onednn_matmul(model) if cpu_matmul == "onednn" else 0
+    # which library multiplies is chosen once per run (speed/calibration.py): a resumed run multiplies as it started
+    tokens = config.train.batch_size * config.data.max_length
+    recorded = record.get("cpu_matmul")
+    matmul = {"library": recorded, "why": f"as when the run started ({RUN_RECORD_FILE})"} if recorded else None
+    matmul = matmul or choose_cpu_matmul(model, config.train.cpu_matmul, tokens)
+    onednn_linears = use_onednn_matmul(model) if matmul["library"] == "onednn" else 0
     trainable, total = count_parameters(model)
     if trainable == 0:
         raise UserError(f"method {config.method.name} leaves nothing to train on this model")
@@ -88,7 +96,8 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     reopen_run_folder(output_dir, resume_from)
     save_run_config(config, output_dir)
     if not record:
-        write_run_record(output_dir, {"data_sha256": fingerprint, "cpu_matmul": cpu_matmul, **recorded_allocator()})
+        choices = {"data_sha256": fingerprint, "cpu_matmul": matmul["library"], **recorded_allocator()}
+        write_run_record(output_dir, choices)
     val_samples = val_data.samples if val_data else None
     trainer = build_trainer(config, model, tokenizer, data.samples, adjustments, adam_epsilon=epsilon, val_samples=val_samples)
     guard = DivergenceGuard(model)
@@ -121,9 +130,9 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         **training_figures(trainer, result),
         "adjustments": adjustments,
         "lean_activations": lean,
-        "cpu_matmul": cpu_matmul,
         "onednn_linears": onednn_linears,
         "allocator": active_allocator(),
+        "speed_choices": {"cpu_matmul": {k: v for k, v in matmul.items() if k != "seconds"}, "allocator": active_allocator()},
         "estimated_peak_memory_bytes": predicted["total_bytes"],
         "estimated_memory_components": predicted["components"],
         **peak_memory(),
@@ -211,7 +220,7 @@ def encode_validation(config: Config, val_read, template, tokenizer):
 def prepare_model(config: Config, method: Method, resolved_path: str, tokenizer, adjustments: list[str]):
     """The base with the method applied, trained tensors in their dtype, checkpointing set; and Adam's epsilon."""
     set_seed(config.train.seed)  # before the method initialises its weights
-    model = load_model(config.model, resolved_path)
+    model = load_base_model(config.model, resolved_path)
     model.config.use_cache = False  # the generation cache is useless in training and costs memory
     if config.model.quantization != "none":
         model = prepare_for_training(model)
