@@ -23,6 +23,7 @@ from helpers import (
     L,
     ServerProcess,
     TrainedRun,
+    TrainingProcesses,
     V,
     run_config,
     save_tiny_model,
@@ -54,6 +55,14 @@ def tiny_llama_plain(tmp_path_factory) -> Path:
 def records_path(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "records.jsonl"
     path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in RECORDS) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def many_records_path(tmp_path_factory) -> Path:
+    """The records three times over (12): several batches per epoch, so that a resume can fall inside one."""
+    path = tmp_path_factory.mktemp("data") / "records12.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in RECORDS * 3), encoding="utf-8")
     return path
 
 
@@ -109,6 +118,12 @@ def method_run(tiny_models, records_path, tmp_path_factory):
         return runs[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def training_processes(tmp_path_factory) -> TrainingProcesses:
+    """Runs `llm-tuning train` in child processes (forked, with a kill armed where asked)."""
+    return TrainingProcesses(tmp_path_factory.mktemp("training-processes"))
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,10 @@ import asyncio
 import dataclasses
 import importlib.util
 import json
+import multiprocessing
+import multiprocessing.forkserver
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -23,11 +26,17 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, BloomConfig, LlamaConfig, Qwen2Config
+from transformers import AutoModelForCausalLM, AutoTokenizer, BloomConfig, LlamaConfig, Qwen2Config, TrainerCallback
 
+import llm_tuning
+import llm_tuning.files as files
+import llm_tuning.training.callbacks as callbacks
+import llm_tuning.training.checkpoints as checkpoints
 import llm_tuning.training.run as run
+from llm_tuning.cli import main
 from llm_tuning.methods.adapter import is_adapted
 from llm_tuning.methods.registry import get_method
 from llm_tuning.serving.rows import Job
@@ -243,6 +252,140 @@ LLAMA_7B = V * H + L * LLAMA_LAYER + H + V * H  # embeddings, layers, final norm
 # BLOOM with the shape of Langboat/bloom-1b4-zh: hidden 2048, 24 layers, vocabulary 46145, tied head.
 BH, BL, BV = 2048, 24, 46145
 BLOOM_LAYER_BIASES = BH + 3 * BH + BH + BH + 4 * BH + BH  # ln1, qkv, dense, ln2, h->4h, 4h->h
+
+
+# Fault injection (tests/training/test_fault_injection.py): `llm-tuning train` in a child process that kills itself
+# with SIGKILL at one chosen moment. The moments, each at checkpoint or step N where a step is named:
+KILL_MOMENTS = {
+    "step": "between steps: after step N's optimizer step, before it is logged or checkpointed",
+    "checkpoint-write": "while checkpoint-N.partial is written: its optimizer.pt half on the disk",
+    "checkpoint-rename": "checkpoint-N.partial complete with its manifest, not yet renamed",
+    "rotation": "checkpoint-N renamed into place, older checkpoints not yet deleted",
+    "log": "while step N's line is appended to log.jsonl: half of it written",
+    "final-weights": "during the final save: some result files replaced, adapter_model.safetensors not yet",
+    "summary": "run_summary.json written to its temporary name, not yet renamed",
+}
+# Not a kill: once checkpoint-N is saved, the file size limit drops below a checkpoint's size (a disk filling up).
+DISK_FULL = "disk-full"
+DISK_FULL_BYTES = 20_000
+
+
+def train_process(config_file: str, kill: tuple[str, int | None] | None, output_file: str) -> None:
+    """The target of a child process: `llm-tuning train CONFIG_FILE` with `kill` (a KILL_MOMENTS name and its N)
+    armed; stdout and stderr go to `output_file`; the process exits with the command's status."""
+    descriptor = os.open(output_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(descriptor, 1)
+    os.dup2(descriptor, 2)
+    if kill:
+        output_dir = Path(yaml.safe_load(Path(config_file).read_text())["train"]["output_dir"])
+        arm_kill(*kill, output_dir, lambda: os.kill(os.getpid(), signal.SIGKILL))
+    status = main(["train", config_file])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def arm_kill(moment: str, step: int | None, output_dir: Path, die) -> None:
+    """Patch this process so that it calls `die` at `moment` (KILL_MOMENTS), or fills the disk (DISK_FULL)."""
+    partial = f"checkpoint-{step}.partial"
+    if moment == DISK_FULL:
+
+        class FillTheDisk(TrainerCallback):
+            def on_save(self, args, state, control, **kwargs):
+                if state.global_step == step:
+                    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # so that a write fails (EFBIG) instead of killing
+                    resource.setrlimit(resource.RLIMIT_FSIZE, (DISK_FULL_BYTES, resource.RLIM_INFINITY))
+
+        build = run.build_trainer
+        run.build_trainer = lambda *a, **k: _with_callback(build(*a, **k), FillTheDisk())
+    elif moment == "step":
+
+        class Die(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step == step:
+                    die()
+
+        build = run.build_trainer
+        run.build_trainer = lambda *a, **k: _with_callback(build(*a, **k), Die())
+    elif moment == "checkpoint-write":
+        save = torch.save
+
+        def torn_save(obj, path, *args, **kwargs):
+            save(obj, path, *args, **kwargs)
+            if partial in Path(path).parts and Path(path).name == "optimizer.pt":
+                os.truncate(path, Path(path).stat().st_size // 2)
+                die()
+
+        torch.save = torn_save
+    elif moment == "checkpoint-rename":
+        sync = files.sync_tree
+        files.sync_tree = lambda folder: (sync(folder), folder.name == partial and die())
+    elif moment == "rotation":
+        rotate = checkpoints.rotate_checkpoints
+        checkpoints.rotate_checkpoints = lambda run_dir, keep, newest: (
+            die() if newest.name == f"checkpoint-{step}" else rotate(run_dir, keep, newest)
+        )
+    elif moment == "log":
+        line = callbacks.log_line
+
+        def torn_line(entry):
+            text = line(entry)
+            if entry["step"] == step and "loss" in entry:
+                with open(output_dir / "log.jsonl", "a") as f:
+                    f.write(text[: len(text) // 2])
+                die()
+            return text
+
+        callbacks.log_line = torn_line
+    elif moment in ("final-weights", "summary"):
+        replace = os.replace
+        target = "adapter_model.safetensors" if moment == "final-weights" else "run_summary.json"
+
+        def replace_or_die(source, destination, *args, **kwargs):
+            if Path(destination).name == target and Path(destination).parent == output_dir:
+                die()
+            return replace(source, destination, *args, **kwargs)
+
+        os.replace = replace_or_die
+    else:
+        raise ValueError(moment)
+
+
+def _with_callback(trainer, callback):
+    trainer.add_callback(callback)
+    return trainer
+
+
+class TrainingProcesses:
+    """`llm-tuning train` in child processes forked from a server that imported llm-tuning once, so that a child
+    costs no import time; each may have one kill armed (arm_kill). Python 3.11's forkserver imports what it
+    preloads before it takes the parent's sys.path, hence PYTHONPATH while it starts."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.count = folder, 0
+        self.context = multiprocessing.get_context("forkserver")
+        self.context.set_forkserver_preload(["helpers"])
+        saved = os.environ.get("PYTHONPATH")
+        paths = [str(Path(__file__).parent), str(Path(llm_tuning.__file__).parents[1]), saved or ""]
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
+        try:
+            multiprocessing.forkserver.ensure_running()
+        finally:
+            os.environ.pop("PYTHONPATH") if saved is None else os.environ.update(PYTHONPATH=saved)
+
+    def run(self, config: dict, kill: tuple[str, int | None] | None = None, timeout: float = 300) -> tuple[int, str]:
+        """(exit status, what the command printed); a child killed by SIGKILL exits with -9."""
+        self.count += 1
+        config_file, output = self.folder / f"config-{self.count}.yaml", self.folder / f"output-{self.count}.txt"
+        config_file.write_text(yaml.safe_dump(config))
+        process = self.context.Process(target=train_process, args=(str(config_file), kill, str(output)))
+        process.start()
+        process.join(timeout)
+        if process.exitcode is None:
+            process.kill()
+            process.join()
+            raise AssertionError(f"training child did not finish in {timeout} s: {output}")
+        return process.exitcode, output.read_text()
 
 
 # A tiny random ChatGLM3-shaped checkpoint with a small sentencepiece model, and what THUDM's own code computed on them

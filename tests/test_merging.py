@@ -6,12 +6,14 @@ from helpers import logits
 from llm_tuning import merge
 from llm_tuning.data.templates import PLAIN
 from llm_tuning.errors import UserError
+from llm_tuning.files import manifest_problem
 
 
 def test_merged_model_matches_adapter_and_loads_without_llm_tuning(trained_run, tmp_path):
     out = merge(trained_run.output_dir, tmp_path / "merged")
     for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "chat_template.jinja"):
         assert (out / name).is_file(), name
+    assert manifest_problem(out) is None  # written whole, with its files' sizes and sha256
     merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     assert not any("lora" in n for n, _ in merged.named_parameters())
     torch.testing.assert_close(logits(merged), logits(trained_run.model), atol=1e-4, rtol=0)

@@ -19,7 +19,7 @@ from rouge_chinese import Rouge
 from .data.encode import IGNORE_INDEX, encode_example
 from .data.records import read_examples
 from .errors import UserError
-from .files import free_path
+from .files import folder_written_whole, free_path
 from .generation import GenerationOptions, Session
 
 METRICS_FILE = "metrics.json"
@@ -99,20 +99,22 @@ def reference_loss(session: Session, examples) -> float:
 
 
 def write_results(output: Path, examples, results: dict) -> None:
-    output.mkdir(parents=True, exist_ok=True)
-    with (output / PREDICTIONS_FILE).open("w", encoding="utf-8") as f:
-        for index, example in enumerate(examples):
-            line = {
-                "where": example.where,
-                "prompt": example.messages[-2]["content"],
-                "reference": example.messages[-1]["content"],
-                "prediction": results["model"]["predictions"][index],
-            }
-            if "base" in results:
-                line["base_prediction"] = results["base"]["predictions"][index]
-            f.write(json.dumps(line, ensure_ascii=False) + "\n")
+    """predictions.jsonl and metrics.json, in a folder written whole."""
+    lines = []
+    for index, example in enumerate(examples):
+        line = {
+            "where": example.where,
+            "prompt": example.messages[-2]["content"],
+            "reference": example.messages[-1]["content"],
+            "prediction": results["model"]["predictions"][index],
+        }
+        if "base" in results:
+            line["base_prediction"] = results["base"]["predictions"][index]
+        lines.append(json.dumps(line, ensure_ascii=False) + "\n")
     metrics = results["model"]["metrics"] | ({"base": results["base"]["metrics"]} if "base" in results else {})
-    (output / METRICS_FILE).write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
+    with folder_written_whole(output) as folder:
+        (folder / PREDICTIONS_FILE).write_text("".join(lines), encoding="utf-8")
+        (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
 def _default_output(adapter) -> Path:

@@ -17,6 +17,7 @@ from .data.records import JSON_SUFFIXES, read_json_objects, read_text, user_mess
 from .data.templates import get_template
 from .detokenize import TextDecoder, decode_answer
 from .errors import UserError
+from .files import write_file_whole
 from .models.loading import ensure_pad_token, load_base_model, load_tokenizer
 from .models.resolve import model_type, resolve_model_path
 from .rundir import load_run_config
@@ -191,6 +192,9 @@ def chat(config=None, adapter=None, overrides=(), options: GenerationOptions | N
 
 
 def write_answers(path: str | Path, prompts: list[str], answers: list[str]) -> None:
-    with Path(path).open("x", encoding="utf-8") as f:  # "x": never overwrite an existing file
-        for prompt, answer in zip(prompts, answers):
-            f.write(json.dumps({"prompt": prompt, "response": answer}, ensure_ascii=False) + "\n")
+    """{prompt, response} lines in a new JSONL file, written whole; never over an existing file."""
+    path = Path(path)
+    if path.exists():
+        raise UserError(f"--output '{path}' already exists; choose a new file")
+    lines = [json.dumps({"prompt": prompt, "response": answer}, ensure_ascii=False) for prompt, answer in zip(prompts, answers)]
+    write_file_whole(path, "".join(line + "\n" for line in lines))

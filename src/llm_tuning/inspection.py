@@ -17,6 +17,7 @@ from .config.sections import Config
 from .data.encode import IGNORE_INDEX, encode_example
 from .data.split import read_data
 from .data.templates import get_template
+from .files import write_file_whole
 from .models.loading import ensure_pad_token, load_tokenizer
 from .models.resolve import model_type, resolve_model_path
 
@@ -143,11 +144,12 @@ def write_histogram(lengths: list[int], max_length: int, path: Path, width: int 
             for x in range(b * bar, b * bar + bar - 1):
                 pixels[(y * width + x) * 3 : (y * width + x) * 3 + 3] = color
     rows = b"".join(b"\x00" + bytes(pixels[y * width * 3 : (y + 1) * width * 3]) for y in range(height))
-    path.write_bytes(
+    write_file_whole(
+        path,
         b"\x89PNG\r\n\x1a\n"
         + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
         + _chunk(b"IDAT", zlib.compress(rows, 9))
-        + _chunk(b"IEND", b"")
+        + _chunk(b"IEND", b""),
     )
     return path
 

@@ -1,5 +1,6 @@
 """`llm-tuning merge`: fold a trained adapter (or write the trained weights) into its base and save a standalone
-model folder (safetensors weights, tokenizer with the chat template the run trained with, generation config)."""
+model folder (safetensors weights, tokenizer with the chat template the run trained with, generation config),
+written whole with a manifest.json of its files."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ from pathlib import Path
 
 from .data.templates import get_template
 from .errors import UserError
-from .files import folder_written_whole
+from .files import folder_written_whole, write_json
 from .methods.registry import get_method
 from .models.builtin import keep_original_files
 from .models.loading import load_base_model, load_tokenizer
 from .models.resolve import model_type, resolve_model_path
-from .rundir import check_output_folder, load_run_config, write_json
+from .rundir import check_output_folder, load_run_config
 from .weights import is_peft_model, load_trained
 
 MERGE_SUMMARY_FILE = "llm_tuning_merge.json"
@@ -44,7 +45,7 @@ def merge(adapter: str | Path, output: str | Path, overwrite: bool = False) -> P
     model.config.eos_token_id = template.answer_end_id(tokenizer)
     tokenizer.eos_token = tokenizer.convert_ids_to_tokens(model.config.eos_token_id)
 
-    with folder_written_whole(output) as partial:
+    with folder_written_whole(output, manifest=True) as partial:
         model.save_pretrained(partial, safe_serialization=True)
         tokenizer.save_pretrained(partial)
         keep_original_files(path, partial)  # a built-in architecture's folder keeps the original's tokenizer and code

@@ -3,7 +3,10 @@ run. `llm-tuning train` draws its own loss.png with them; `llm-tuning compare` d
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+
+from .files import write_file_whole
 
 # one color per run, the same in every chart of a report (matplotlib's tab10)
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
@@ -62,5 +65,7 @@ def _figure():
 
 
 def _save(figure, path: Path) -> Path:
-    figure.savefig(path, format="png")
+    image = io.BytesIO()
+    figure.savefig(image, format="png")
+    write_file_whole(path, image.getvalue())
     return path

@@ -4,7 +4,8 @@ peft methods (lora, ia3, prompt, ptuning, prefix) save peft's standard adapter (
 `adapter_model.safetensors`), which plain `PeftModel.from_pretrained` loads. Bottleneck adapters save their own
 tensors and options (methods/adapter.py). Methods that train the model's own parameters (full, freeze, bitfit)
 save only those tensors (`trained_weights.safetensors`); the base model named in the run's config.yaml supplies
-the rest.
+the rest. Each file is written whole; a run is loaded only once its manifest.json says that its results are
+complete.
 
 Several runs can share one base model (a server answers with each by name): `trained_kind` tells what a run saved,
 `shares_base` whether runs of that kind load side by side, `load_trained` adds each under its name and
@@ -23,6 +24,7 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
 from .errors import UserError
+from .files import files_written_whole, manifest_problem
 from .methods import adapter as bottleneck
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
@@ -41,24 +43,30 @@ def base_model(model):
 
 
 def save_trained(model, run_dir: str | Path, method_options=None) -> int:
-    """Save what trains (`method_options`: the run's method section, which bottleneck adapters store beside their
-    weights); returns the bytes written."""
-    run_dir = Path(run_dir)
-    if is_peft_model(model):
-        model.save_pretrained(run_dir)
-        return sum(p.stat().st_size for p in run_dir.glob("adapter_model.*"))
-    if bottleneck.is_adapted(model):
-        return bottleneck.save_adapters(model, method_options, run_dir)
-    # named_parameters lists a tied tensor once, so tied embeddings are saved once and re-tied on load.
-    tensors = {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
-    save_file(tensors, run_dir / TRAINED_WEIGHTS_FILE, metadata={"format": "pt"})
-    return (run_dir / TRAINED_WEIGHTS_FILE).stat().st_size
+    """Save what trains into `run_dir`, each file flushed and renamed into place (`method_options`: the run's method
+    section, which bottleneck adapters store beside their weights); returns the bytes written."""
+    with files_written_whole(Path(run_dir)) as folder:
+        if is_peft_model(model):
+            model.save_pretrained(folder)
+            return sum(p.stat().st_size for p in folder.glob("adapter_model.*"))
+        if bottleneck.is_adapted(model):
+            return bottleneck.save_adapters(model, method_options, folder)
+        # named_parameters lists a tied tensor once, so tied embeddings are saved once and re-tied on load.
+        tensors = {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+        save_file(tensors, folder / TRAINED_WEIGHTS_FILE, metadata={"format": "pt"})
+        return (folder / TRAINED_WEIGHTS_FILE).stat().st_size
 
 
 def load_trained(model, run_dir: str | Path, name: str = "default"):
     """The base `model` with a run's trained weights in place (a PeftModel for peft methods). A peft adapter is
     loaded under `name`; loaded into a PeftModel, it is added beside the adapters already there."""
     run_dir = Path(run_dir)
+    problem = manifest_problem(run_dir)
+    if problem:
+        raise UserError(
+            f"{run_dir}: the run's results are not complete: {problem}; if its training stopped early, finish it with "
+            "train.resume=true"
+        )
     if (run_dir / ADAPTER_CONFIG_FILE).is_file():
         if is_peft_model(model):
             model.load_adapter(str(run_dir), adapter_name=name)

@@ -1,5 +1,6 @@
 """Bad input gives one line `error: ...`, exit status 2, no traceback, and nothing on disk is lost."""
 
+import os
 import subprocess
 import sys
 
@@ -139,3 +140,21 @@ def test_real_process_exit_status_without_traceback(tmp_path):
     )
     assert result.returncode == EXIT_USER_ERROR
     assert result.stderr.strip().splitlines() == [f"error: config file not found: {tmp_path / 'missing.yaml'}"]
+
+
+def test_resuming_train_reads_the_runs_allocator_before_torch_loads(tmp_path, monkeypatch):
+    """`llm-tuning train CONFIG train.resume=true` restarts on the malloc its run started on (run_record.json)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run_record.json").write_text('{"allocator": "glibc", "allocator_library": "system"}')
+    config = write_config(tmp_path, f"train:\n  output_dir: {run}\n")
+    script = (
+        "import os, sys; from llm_tuning.cli import use_run_allocator; from llm_tuning.cli.parser import "
+        f"parse_arguments; use_run_allocator(parse_arguments(['train', {str(config)!r}, *sys.argv[1:]])); "
+        "print(os.environ.get('LLM_TUNING_ALLOCATOR'), 'torch' in sys.modules)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "LLM_TUNING_ALLOCATOR"}
+    for overrides, expected in ((["train.resume=true"], "system False"), ([], "None False")):
+        result = subprocess.run([sys.executable, "-c", script, *overrides], capture_output=True, text=True, env=env, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == expected.split()

@@ -19,6 +19,8 @@ from llm_tuning.speed.allocator import (
     RESTARTED_VARIABLE,
     default_huge_pages,
     library_to_preload,
+    prefer_recorded_allocator,
+    recorded_allocator,
     restart_environment,
 )
 
@@ -121,3 +123,30 @@ def test_huge_pages_on_glibc_only_and_the_users_setting_wins(monkeypatch, malloc
     changed = {HUGE_PAGES_VARIABLE: "0", HUGE_PAGES_SET_BY_US: "1"}  # a parent set it to 0 for this child
     default_huge_pages(changed)
     assert changed == {HUGE_PAGES_VARIABLE: "0"}
+
+
+def test_a_run_records_what_to_preload_to_run_on_its_malloc_again(monkeypatch):
+    monkeypatch.setattr(allocator, "active_allocator", lambda: "tcmalloc")
+    assert recorded_allocator({RESTARTED_VARIABLE: "/lib/tc.so"}) == {"allocator": "tcmalloc", "allocator_library": "/lib/tc.so"}
+    assert recorded_allocator({}) == {"allocator": "tcmalloc", "allocator_library": None}  # preloaded by someone else
+    monkeypatch.setattr(allocator, "active_allocator", lambda: "glibc")
+    assert recorded_allocator({}) == {"allocator": "glibc", "allocator_library": "system"}
+
+
+def test_a_resumed_run_restarts_on_the_malloc_it_started_on(monkeypatch, tmp_path):
+    monkeypatch.setattr(allocator, "find_tcmalloc", lambda: "/opt/lib/libtcmalloc_minimal.so.4")
+    env = {}
+    prefer_recorded_allocator(env, {"allocator_library": "system"})  # started on glibc where auto now finds tcmalloc
+    assert env == {CHOICE_VARIABLE: "system"}
+    library = tmp_path / "libjemalloc.so.2"
+    library.write_bytes(b"")
+    env = {}
+    prefer_recorded_allocator(env, {"allocator_library": str(library)})
+    assert env == {CHOICE_VARIABLE: str(library)}
+    for record in ({"allocator_library": "/opt/lib/libtcmalloc_minimal.so.4"}, {"allocator_library": "/gone.so"}, {}):
+        env = {}
+        prefer_recorded_allocator(env, record)  # what auto picks anyway, a library no longer there, nothing recorded
+        assert env == {}
+    env = {CHOICE_VARIABLE: "auto"}
+    prefer_recorded_allocator(env, {"allocator_library": "system"})
+    assert env == {CHOICE_VARIABLE: "auto"}  # the user's choice wins

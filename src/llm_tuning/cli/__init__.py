@@ -8,9 +8,10 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from ..errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, UserError
-from ..speed.allocator import restart_with_preferred_allocator
+from ..speed.allocator import prefer_recorded_allocator, restart_with_preferred_allocator
 from .parser import parse_arguments
 
 
@@ -18,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
     try:
         if argv is None:  # a command, not a call from Python: restart on tcmalloc (allocator.py), before torch loads
+            use_run_allocator(args)
             restart_with_preferred_allocator()
         quiet_libraries()
         return args.run(args)
@@ -36,6 +38,26 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def use_run_allocator(args) -> None:
+    """`llm-tuning train ... train.resume=true` restarts on the malloc its run started on (speed/allocator.py), read
+    from the run's run_record.json before torch loads. A config that cannot be read is left to `train` to report."""
+    from ..config.sections import TrainConfig
+    from ..config.sources import apply_overrides, read_source
+    from ..resume import read_run_record
+
+    if args.command != "train":
+        return
+    try:
+        raw, where = read_source(args.config)
+        apply_overrides(raw, where, args.overrides)
+        settings = raw.get("train") or {}
+        if settings.get("resume") is True:
+            output_dir = Path(str(settings.get("output_dir") or TrainConfig.output_dir)).expanduser()
+            prefer_recorded_allocator(os.environ, read_run_record(output_dir))
+    except (UserError, AttributeError, OSError):
+        return
 
 
 def quiet_libraries() -> None:

@@ -8,8 +8,8 @@ import base64
 import html
 from pathlib import Path
 
+from ..files import write_file_whole, write_json
 from ..plots import bar_chart, loss_chart
-from ..rundir import write_json
 from ..training.summary import curves
 
 RESULTS_FILE = "results.json"
@@ -38,8 +38,8 @@ def write_reports(output: Path, report: dict) -> None:
     rows = [report["base"], *report["variants"]]
     charts = draw_charts(output, rows)
     write_json(output / RESULTS_FILE, report)
-    (output / "report.md").write_text(markdown(report, rows, charts), encoding="utf-8")
-    (output / "report.html").write_text(page(report, rows, charts), encoding="utf-8")
+    write_file_whole(output / "report.md", markdown(report, rows, charts))
+    write_file_whole(output / "report.html", page(report, rows, charts))
 
 
 def cell(row: dict, key: str, style: str) -> str:

@@ -21,8 +21,8 @@ from ..config.load import build_config
 from ..data.records import read_examples
 from ..data.split import read_data
 from ..errors import UserError
-from ..files import folder_written_whole
-from ..rundir import check_output_folder, write_json
+from ..files import folder_written_whole, write_json
+from ..rundir import check_output_folder
 from ..training.callbacks import interrupt_requests
 from .plan import plan_comparison
 from .report import write_reports

@@ -15,9 +15,9 @@ import torch
 from ..data.records import read_examples
 from ..errors import EXIT_INTERRUPTED, UserError, first_line
 from ..evaluation import reference_loss, text_metrics
+from ..files import write_json
 from ..generation import GenerationOptions, Session
 from ..methods.registry import get_method
-from ..rundir import write_json
 from ..training.run import train
 
 BASE_ROW = "base"

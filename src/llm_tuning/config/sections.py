@@ -102,10 +102,16 @@ class TrainConfig:
     )
     logging_steps: int = option(5, "Log the loss every N optimizer steps.", min=1)
     save_steps: int = option(50, "Write a checkpoint every N optimizer steps.", min=1)
-    save_total_limit: int | None = option(2, "Keep at most this many checkpoints (oldest deleted first); null keeps all.", min=1)
+    save_total_limit: int | None = option(
+        2, "Keep at most this many checkpoints (the oldest deleted once a new one is complete); null keeps all.", min=1
+    )
     seed: int = option(42, "Random seed for initialisation, dropout and data order.")
     overwrite: bool = option(False, "Allow writing into a non-empty output_dir (its old contents are deleted).")
-    resume: bool = option(False, "Continue from the last checkpoint in output_dir.")
+    resume: bool = option(
+        False,
+        "Continue from the newest complete checkpoint in output_dir, exactly where it was; a config that changes what is "
+        "trained is refused (docs/checkpoints.md lists what may change).",
+    )
     precision: str = option(
         "fp32",
         "Mixed precision for forward and backward: `bf16`, `fp16` (GPU only; with loss scaling) or none (`fp32`).",

@@ -40,6 +40,13 @@ class EncodedData:
     def tokens(self) -> int:
         return sum(len(s["input_ids"]) for s in self.samples)
 
+    def fingerprint(self) -> str:
+        """sha256 of every sample's tokens and labels, in order: a resumed run must train on the same ones."""
+        digest = hashlib.sha256()
+        for sample in self.samples:
+            digest.update(json.dumps([sample["input_ids"], sample["labels"]]).encode("ascii"))
+        return digest.hexdigest()
+
 
 def encode_examples(
     examples: list[Example], template, tokenizer, max_length: int, system: str | None = None, cache: Path | None = None

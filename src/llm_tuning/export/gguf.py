@@ -6,7 +6,6 @@ temporary file beside the output, then renamed; `FILE.gguf.json` says what it is
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import time
@@ -15,10 +14,11 @@ from pathlib import Path
 from ..config.sections import ModelConfig
 from ..data.templates import get_template
 from ..errors import UserError
+from ..files import move_into_place, write_errors, write_json
 from ..merging import MERGE_SUMMARY_FILE, merge
 from ..models.loading import load_tokenizer
 from ..models.resolve import model_type, resolve_model_path
-from ..rundir import load_run_config, write_json
+from ..rundir import load_run_config
 from . import llama_cpp
 from .ollama import write_modelfile
 
@@ -58,7 +58,8 @@ def export_gguf(
             converted = quantized
         else:
             _say(f"[3/3] no quantizer needed for {quant}")
-        os.replace(converted, output)  # the same folder: the file appears whole or not at all
+        with write_errors(output):
+            move_into_place(converted, output)  # the same folder: the file appears whole or not at all
         tokenizer = load_tokenizer(record.pop("model_config"), str(source))
         template = get_template(record["template"], tokenizer, model_type(str(source)))
         if ollama:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..data.templates import FORMATS, FormatTemplate, part_pieces
 from ..errors import UserError
+from ..files import write_file_whole
 
 MODELFILE = "Modelfile"
 MARK = "\u241f"  # stands for the system prompt while a probe is rendered
@@ -96,5 +97,5 @@ def _go(parts: tuple, tokenizer, content: str = ".Content", system: str = "$.Sys
 
 def write_modelfile(gguf: Path, template, tokenizer, system: str | None) -> Path:
     path = gguf.parent / MODELFILE
-    path.write_text(modelfile(gguf.name, template, tokenizer, system), encoding="utf-8")
+    write_file_whole(path, modelfile(gguf.name, template, tokenizer, system))
     return path

@@ -8,7 +8,9 @@ size: more tokens per second and a lower peak RSS on the speed benchmark, with i
 A process cannot change its allocator once running, so the command re-executes itself, before torch loads, with
 LD_PRELOAD naming the library. LLM_TUNING_ALLOCATOR chooses: `auto` (the default: tcmalloc where found),
 `system` (glibc, no restart), or the path of a malloc library to preload instead (jemalloc, a tcmalloc elsewhere).
-Linux only; elsewhere, and where no library is found, the command runs as it is.
+Linux only; elsewhere, and where no library is found, the command runs as it is. A run records the library it
+ran on (`recorded_allocator`, in run_record.json) and a resumed `llm-tuning train` restarts on it again
+(`prefer_recorded_allocator`), unless LLM_TUNING_ALLOCATOR says otherwise.
 """
 
 from __future__ import annotations
@@ -94,3 +96,21 @@ def active_allocator() -> str:
     except OSError:
         return "unknown"
     return next((name for name in ("tcmalloc", "jemalloc") if name in maps), "glibc")
+
+
+def recorded_allocator(environ=os.environ) -> dict:
+    """What a run records of its malloc: the name, and what to preload to run on it again (`system` for glibc's,
+    None when it was preloaded by someone else than llm-tuning)."""
+    name = active_allocator()
+    library = environ.get(RESTARTED_VARIABLE) or ("system" if name == "glibc" else None)
+    return {"allocator": name, "allocator_library": library}
+
+
+def prefer_recorded_allocator(environ: dict, record: dict) -> None:
+    """Before the restart: choose the allocator a resumed run started on, when the user chose none and it is still
+    installed here (a different malloc changes speed and memory, never results)."""
+    library = record.get("allocator_library")
+    if CHOICE_VARIABLE in environ or not library or library == find_tcmalloc():
+        return
+    if library == "system" or Path(library).is_file():
+        environ[CHOICE_VARIABLE] = library

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from ..files import cache_dir
+from ..errors import UserError
+from ..files import cache_dir, write_json
 from .allocator import active_allocator
 from .cpu_matmul import is_frozen_cpu_linear, onednn_linear
 
@@ -122,8 +123,6 @@ def _write(path: Path, value: dict) -> None:
     """Best effort: a cache that cannot be written only means measuring again next time."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(value, indent=2), encoding="utf-8")
-        os.replace(temporary, path)
-    except OSError:
+        write_json(path, value)
+    except (OSError, UserError):
         pass

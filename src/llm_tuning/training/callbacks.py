@@ -13,6 +13,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
+from ..files import write_errors
+
 
 class ProgressBar(TrainerCallback):
     """A tqdm bar over optimizer steps with the latest loss."""
@@ -28,7 +30,12 @@ class ProgressBar(TrainerCallback):
             self.bar.set_postfix(loss=f"{logs['loss']:.4f}")
 
     def on_train_end(self, args, state, control, **kwargs):
-        self.bar.close()
+        self.close()
+
+    def close(self) -> None:
+        """End the bar's line; also when training stops on an error, so that the error gets a line of its own."""
+        if getattr(self, "bar", None) is not None:
+            self.bar.close()
 
 
 class JsonlLog(TrainerCallback):
@@ -39,8 +46,14 @@ class JsonlLog(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs:
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+            with write_errors(self.path), self.path.open("a", encoding="utf-8") as f:
+                f.write(log_line(state.log_history[-1]))
+
+
+def log_line(entry: dict) -> str:
+    """A line of log.jsonl from an entry of the Trainer's log history: step and epoch first, then the rest."""
+    rest = {key: value for key, value in sorted(entry.items()) if key not in ("step", "epoch")}
+    return json.dumps({"step": entry["step"], "epoch": entry.get("epoch"), **rest}) + "\n"
 
 
 class DivergenceGuard(TrainerCallback):

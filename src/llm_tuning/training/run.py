@@ -1,6 +1,7 @@
 """The training run, from config to run summary: check what can be checked first, read and encode the data,
-load the base and apply the method, train with transformers' Trainer, then write the trained weights, the
-resolved config, a step log and a machine-readable run summary into the run's folder."""
+load the base and apply the method, train with transformers' Trainer (or resume a run exactly where its last
+complete checkpoint left it), then write the trained weights, the resolved config, a step log and a
+machine-readable run summary into the run's folder, each written whole, and last its manifest."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from ..data.encode import encode_examples
 from ..data.split import read_data
 from ..data.templates import get_template
 from ..errors import UserError
-from ..files import cache_dir
+from ..files import cache_dir, write_json
 from ..memory.budget import check_fits
 from ..memory.estimate import estimate
 from ..memory.measure import peak_memory
@@ -30,13 +31,23 @@ from ..models.quantization import check_quantization, prepare_for_training, requ
 from ..models.resolve import model_type, resolve_model_path
 from ..params import count_parameters, trainable_line
 from ..plots import loss_chart
-from ..rundir import LOSS_CHART, SUMMARY_FILE, check_output_dir, save_run_config, write_json
+from ..resume import RUN_RECORD_FILE, check_same_data, check_same_training, read_run_record, write_run_record
+from ..rundir import (
+    LOSS_CHART,
+    SUMMARY_FILE,
+    check_output_dir,
+    checkpoint_folders,
+    load_run_config,
+    save_run_config,
+    write_run_manifest,
+)
 from ..speed.activations import keep_fewer_activations
-from ..speed.allocator import active_allocator
+from ..speed.allocator import active_allocator, recorded_allocator
 from ..speed.calibration import choose_cpu_matmul
 from ..speed.cpu_matmul import use_onednn_matmul, use_torch_matmul
 from ..weights import save_trained
-from .callbacks import DivergenceGuard, StopOnInterrupt, interrupt_requests
+from .callbacks import DivergenceGuard, ProgressBar, StopOnInterrupt, interrupt_requests
+from .checkpoints import reopen_run_folder, resumable_checkpoint
 from .gradient_checkpointing import enable_checkpointing
 from .precision import adam_epsilon, check_precision, set_trainable_dtype
 from .summary import curves, data_counts, diagnose, training_figures, validation_figures, versions
@@ -49,6 +60,7 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     method = get_method(config.method.name)
     output_dir = Path(config.train.output_dir)
     resume_from = preflight(config, method, output_dir)
+    record = read_run_record(output_dir) if resume_from else {}
     train_read, val_read = read_data(config)  # before anything slow, so bad data fails fast
 
     adjustments: list[str] = []
@@ -58,13 +70,20 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         adjustments.append(note)
     tokenizer, template, data = prepare_data(config, resolved_path, train_read.examples, adjustments)
     val_data = encode_validation(config, val_read, template, tokenizer)
+    fingerprint = data.fingerprint()
+    if resume_from:
+        check_same_data(record, fingerprint, output_dir)
+        print(f"resuming from {resume_from}", file=sys.stderr, flush=True)
     predicted = estimate(config, device=_device())
     if config.train.check_memory:
         check_fits(config, predicted)
     model, epsilon = prepare_model(config, method, resolved_path, tokenizer, adjustments)
     lean = keep_fewer_activations(model) if config.train.lean_activations else []
+    # which library multiplies is chosen once per run (speed/calibration.py): a resumed run multiplies as it started
     tokens = config.train.batch_size * config.data.max_length
-    matmul = choose_cpu_matmul(model, config.train.cpu_matmul, tokens)
+    recorded = record.get("cpu_matmul")
+    matmul = {"library": recorded, "why": f"as when the run started ({RUN_RECORD_FILE})"} if recorded else None
+    matmul = matmul or choose_cpu_matmul(model, config.train.cpu_matmul, tokens)
     onednn_linears = use_onednn_matmul(model) if matmul["library"] == "onednn" else 0
     trainable, total = count_parameters(model)
     if trainable == 0:
@@ -74,7 +93,11 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     if config.train.overwrite and not resume_from and output_dir.exists():
         shutil.rmtree(output_dir)  # only now that data, model and method are known to be good
     output_dir.mkdir(parents=True, exist_ok=True)
+    reopen_run_folder(output_dir, resume_from)
     save_run_config(config, output_dir)
+    if not record:
+        choices = {"data_sha256": fingerprint, "cpu_matmul": matmul["library"], **recorded_allocator()}
+        write_run_record(output_dir, choices)
     val_samples = val_data.samples if val_data else None
     trainer = build_trainer(config, model, tokenizer, data.samples, adjustments, adam_epsilon=epsilon, val_samples=val_samples)
     guard = DivergenceGuard(model)
@@ -82,7 +105,10 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     with interrupt_requests() as interrupted:
         trainer.add_callback(StopOnInterrupt(interrupted))
-        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        try:
+            result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        finally:
+            trainer.pop_callback(ProgressBar).close()
     use_torch_matmul(model)  # validation and the caller's model compute as the saved weights will after reloading
     status = "diverged" if guard.problem else "interrupted" if interrupted else "completed"
     validation = validation_figures(trainer, len(val_samples)) if val_samples and status == "completed" else None
@@ -111,6 +137,7 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         "estimated_memory_components": predicted["components"],
         **peak_memory(),
         "started_at": started_at,
+        "resumed_from": str(resume_from) if resume_from else None,
         "versions": versions(),
     }
     if guard.problem:
@@ -122,6 +149,7 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
             output_dir / LOSS_CHART,
             title=f"{config.method.name} on {Path(config.model.path).name}",
         )
+    write_run_manifest(output_dir)
     if guard.problem:
         raise UserError(summary["diagnosis"])
     print(
@@ -150,7 +178,12 @@ def preflight(config: Config, method: Method, output_dir: Path) -> Path | None:
             f"method {config.method.name} does not work with reentrant checkpointing; "
             "set train.checkpointing_reentrant=false (non-reentrant)"
         )
-    return check_output_dir(output_dir, overwrite=config.train.overwrite, resume=config.train.resume)
+    if not config.train.resume:
+        check_output_dir(output_dir, overwrite=config.train.overwrite)
+        return None
+    if checkpoint_folders(output_dir):  # a config that trains something else is refused before checking checkpoints
+        check_same_training(load_run_config(output_dir).to_dict(), config.to_dict(), output_dir)
+    return resumable_checkpoint(output_dir)
 
 
 def prepare_data(config: Config, resolved_path: str, examples, adjustments: list[str]):

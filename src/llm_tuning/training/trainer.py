@@ -1,5 +1,6 @@
 """transformers' Trainer as llm-tuning runs it: the arguments from the config, packed rows or length-grouped
-batches, and the loss computed by training/loss.py on labelled tokens only."""
+batches, the loss computed by training/loss.py on labelled tokens only, and checkpoints written whole
+(training/checkpoints.py)."""
 
 from __future__ import annotations
 
@@ -18,21 +19,26 @@ from ..rundir import LOG_FILE
 from ..speed.packed_attention import use_packed_attention
 from ..weights import base_model
 from .callbacks import JsonlLog, ProgressBar
+from .checkpoints import CrashSafeCheckpoints
 from .loss import chunked_loss_unsupported_reason, labelled_loss
 
 OPTIMIZERS = {"adamw": "adamw_torch_fused", "adamw_8bit": "adamw_bnb_8bit", "adafactor": "adafactor"}  # Trainer's names
 
 
-class LeanTrainer(Trainer):
-    """transformers' Trainer with two changes to the forward pass: packed batches go in without their
-    attention mask (so restarting position ids make attention block-diagonal) and with their samples' lengths
-    (`packed_segments`, for speed/packed_attention.packed_sdpa), and, when `loss_chunk_size` is set, the loss comes from the
-    decoder's hidden states through LabelledCrossEntropy instead of full logits."""
+class LeanTrainer(CrashSafeCheckpoints, Trainer):
+    """transformers' Trainer with crash-safe checkpoints (CrashSafeCheckpoints), and two changes to the forward
+    pass: packed batches go in without their attention mask (so restarting position ids make attention
+    block-diagonal) and with their samples' lengths (`packed_segments`, for speed/packed_attention.packed_sdpa),
+    and, when `loss_chunk_size` is set, the loss comes from the decoder's hidden states through
+    LabelledCrossEntropy instead of full logits."""
 
-    def __init__(self, *args, loss_chunk_size: int = 0, packed_attention: bool = False, **kwargs):
+    def __init__(
+        self, *args, loss_chunk_size: int = 0, packed_attention: bool = False, keep_checkpoints: int | None = None, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.loss_chunk_size = loss_chunk_size
         self.packed_attention = packed_attention
+        self.keep_checkpoints = keep_checkpoints
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "position_ids" in inputs:  # packed rows
@@ -87,7 +93,7 @@ def build_trainer(
         prediction_loss_only=True,
         logging_steps=t.logging_steps,
         save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
+        save_total_limit=None,  # LeanTrainer deletes old checkpoints itself, once the new one is complete
         seed=t.seed,
         data_seed=t.seed,
         report_to=[] if t.report_to == "none" else [t.report_to],
@@ -112,6 +118,7 @@ def build_trainer(
             data_collator=collator,
             loss_chunk_size=0 if loss_blocked else t.loss_chunk_size,
             packed_attention=packed and use_packed_attention(model),
+            keep_checkpoints=t.save_total_limit,
         )
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(ProgressBar())
