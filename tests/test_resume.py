@@ -63,6 +63,21 @@ def test_what_is_trained_may_not_change(trained, tmp_path):
     )
 
 
+def test_another_number_of_processes_keeps_the_global_batch(trained, tmp_path):
+    """Started in 2 processes with accumulation 1 (global batch 8), a run resumes in 1 process only with accumulation
+    2; the accumulation alone never changes the global batch."""
+    check_same_training(trained, changed(trained, train={"gradient_accumulation_steps": 2}), tmp_path, 2, 1)
+    with pytest.raises(UserError) as caught:
+        check_same_training(trained, trained, tmp_path, 2, 1)
+    assert str(caught.value) == (
+        f"train.resume: the run in {tmp_path} started with a global batch of 8 samples per step (batch_size 4 x "
+        "accumulation 1 x 2 processes), this one would take 4 (batch_size 4 x accumulation 1 x 1 processes); it must "
+        "stay the same; in 1 process set train.gradient_accumulation_steps=2"
+    )
+    with pytest.raises(UserError, match="global batch of 4 samples"):
+        check_same_training(trained, changed(trained, train={"gradient_accumulation_steps": 3}), tmp_path)
+
+
 def test_data_with_other_content_is_refused(tmp_path):
     check_same_data({"data_sha256": "a" * 64}, "a" * 64, tmp_path)
     check_same_data({}, "b" * 64, tmp_path)  # a run recorded before fingerprints: nothing to compare

@@ -30,6 +30,7 @@ MAY_CHANGE = (
     "train.report_to",
     "data.val_path",
 )
+ACCUMULATION = "train.gradient_accumulation_steps"  # may change if the global batch does not (check_same_training)
 AUTO_TEMPLATE = "auto"  # resolved when a run starts, stored resolved: `auto` matches whatever it resolved to
 
 
@@ -42,20 +43,44 @@ def config_differences(trained: dict, new: dict) -> list[str]:
         for key in sorted(set(old_values) | set(new_values)):
             name = f"{section}.{key}"
             old, value = old_values.get(key), new_values.get(key)
-            if name in MAY_CHANGE or old == value or (name == "data.template" and value == AUTO_TEMPLATE):
+            if name in MAY_CHANGE or name == ACCUMULATION or old == value or (name == "data.template" and value == AUTO_TEMPLATE):
                 continue
             differences.append(f"{name}: {old!r} -> {value!r}")
     return differences
 
 
-def check_same_training(trained: dict, new: dict, run_dir: Path) -> None:
-    """Refuse to resume the run in `run_dir` with a config that changes what it trains."""
+def check_same_training(trained: dict, new: dict, run_dir: Path, started_processes: int = 1, processes: int = 1) -> None:
+    """Refuse to resume the run in `run_dir` with a config that changes what it trains. It may resume in another
+    number of processes (`started_processes` -> `processes`) if the global batch stays the same, through
+    train.gradient_accumulation_steps."""
     differences = config_differences(trained, new)
     if differences:
         raise UserError(
             f"train.resume: this config changes what the run in {run_dir} trains ({'; '.join(differences)}); only "
-            f"{', '.join(MAY_CHANGE)} may change on resume. Use a new train.output_dir to train differently"
+            f"{', '.join(MAY_CHANGE)} may change on resume, and {ACCUMULATION} with the number of processes. Use a "
+            "new train.output_dir to train differently"
         )
+    started, now = global_batch(trained, started_processes), global_batch(new, processes)
+    if started != now:
+        hint = ""
+        accumulation, rest = divmod(started, new["train"]["batch_size"] * processes)
+        if not rest:
+            hint = f"; in {processes} process{'es' if processes > 1 else ''} set {ACCUMULATION}={accumulation}"
+        raise UserError(
+            f"train.resume: the run in {run_dir} started with a global batch of {started} samples per step "
+            f"({_batch_terms(trained, started_processes)}), this one would take {now} ({_batch_terms(new, processes)}); "
+            f"it must stay the same{hint}"
+        )
+
+
+def global_batch(config: dict, processes: int) -> int:
+    """Samples per optimizer step: micro-batch x accumulation x processes."""
+    return config["train"]["batch_size"] * config["train"]["gradient_accumulation_steps"] * processes
+
+
+def _batch_terms(config: dict, processes: int) -> str:
+    t = config["train"]
+    return f"batch_size {t['batch_size']} x accumulation {t['gradient_accumulation_steps']} x {processes} processes"
 
 
 def check_same_data(record: dict, fingerprint: str, run_dir: Path) -> None:

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from llm_tuning.cli import EXIT_USER_ERROR, main
+from llm_tuning.cli.parser import parse_arguments
 
 
 def run_main(capsys, *argv) -> tuple[int, str, str]:
@@ -158,3 +159,21 @@ def test_resuming_train_reads_the_runs_allocator_before_torch_loads(tmp_path, mo
         result = subprocess.run([sys.executable, "-c", script, *overrides], capture_output=True, text=True, env=env, timeout=60)
         assert result.returncode == 0, result.stderr
         assert result.stdout.split() == expected.split()
+
+
+def test_nproc_takes_overrides_after_it_and_a_positive_count(capsys):
+    args = parse_arguments(["train", "run.yaml", "--nproc", "2", "train.max_steps=5"])
+    assert (args.nproc, args.overrides) == (2, ["train.max_steps=5"])
+    with pytest.raises(SystemExit) as exit_status:
+        parse_arguments(["train", "run.yaml", "--nproc", "0"])
+    assert exit_status.value.code == EXIT_USER_ERROR
+    assert "--nproc: must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_arguments(["train", "run.yaml", "--nproc", "2", "--bogus"])
+
+
+def test_nproc_inside_torchrun_is_refused(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    config = write_config(tmp_path, "train:\n  max_steps: 1\n")
+    assert main(["train", str(config), "--nproc", "2", f"model.path={tmp_path}"]) == EXIT_USER_ERROR
+    assert capsys.readouterr().err == "error: --nproc starts its own processes: run it outside torchrun or accelerate launch\n"

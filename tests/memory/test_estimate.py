@@ -177,3 +177,54 @@ def test_train_refuses_a_run_that_cannot_fit_and_names_what_would(tiny_llama, re
     assert not (tmp_path / "run").exists()
     summary = train(run_config(tiny_llama, records_path, tmp_path / "run", train={"check_memory": False, "max_steps": 1}))
     assert summary["estimated_peak_memory_bytes"] == needed and summary["peak_memory_bytes"] > 0
+
+
+def deepspeed_file(folder, stage: int, offload: bool = False):
+    zero = {"stage": stage, **({"offload_optimizer": {"device": "cpu"}} if offload else {})}
+    path = folder / f"zero{stage}{'-offload' if offload else ''}.json"
+    path.write_text(json.dumps({"zero_optimization": zero}))
+    return path
+
+
+def test_each_process_holds_what_its_sharding_leaves_it(shapes, tmp_path):
+    """--nproc 4: DDP keeps everything per process and adds its gradient buckets; FSDP full_shard and ZeRO-3
+    divide weights, gradients and optimizer states, shard_grad_op and ZeRO-2 only the last two; offload moves the
+    optimizer states to host memory. Activations and logits are each process's own micro-batch."""
+    full = ["method.name=full", "train.optimizer=adamw"]
+    one = components(shapes["llama2-7b"], *full)["components"]
+
+    def per_process(*overrides):
+        return estimate(None, [f"model.path={shapes['llama2-7b']}", *full, *overrides], processes=4)
+
+    ddp = per_process()
+    assert ddp["components"]["ddp_buckets"] == one["gradients"]
+    assert {k: ddp["components"][k] for k in one} == one
+    assert "DDP" in ddp["assumptions"]["weights"]
+
+    for overrides, weights_divided in (
+        (["train.fsdp=full_shard"], True),
+        ([f"train.deepspeed={deepspeed_file(tmp_path, 3)}"], True),
+        (["train.fsdp=shard_grad_op"], False),
+        ([f"train.deepspeed={deepspeed_file(tmp_path, 2)}"], False),
+    ):
+        report = per_process(*overrides)
+        c = report["components"]
+        assert c["gradients"] == pytest.approx(one["gradients"] / 4, abs=1)
+        assert c["optimizer"] == pytest.approx(one["optimizer"] / 4, abs=1)
+        assert c["weights"] == pytest.approx(one["weights"] / (4 if weights_divided else 1), abs=1)
+        assert ("gathered_layer" in c) == weights_divided  # a layer at a time gathered whole, next one prefetched
+        assert (c["activations"], c["logits"]) == (one["activations"], one["logits"])
+        assert report["total_bytes"] < ddp["total_bytes"]
+    layer = per_process("train.fsdp=full_shard")["components"]["gathered_layer"]
+    assert layer == pytest.approx(2 * one["weights"] * (4 * H * H + 3 * H * F + 2 * H) / LLAMA_7B, rel=1e-6)
+
+    offloaded = per_process(f"train.deepspeed={deepspeed_file(tmp_path, 3, offload=True)}")
+    assert offloaded["components"]["optimizer"] == 0
+    assert offloaded["host_bytes"] == pytest.approx(one["optimizer"] / 4, abs=1)
+
+
+def test_estimate_command_says_per_process_what_it_assumes(shapes, capsys):
+    assert main(["estimate", f"model.path={shapes['llama2-7b']}", "--nproc", "2", "--device", "cuda"]) == 0
+    out = capsys.readouterr().out
+    assert "in each of 2 processes" in out
+    assert "ddp_buckets" in out and "a full copy in each of the 2 processes (DDP)" in out

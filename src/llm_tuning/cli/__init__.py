@@ -10,7 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ..errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, UserError
+from ..errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USER_ERROR, UserError, first_line
 from ..speed.allocator import prefer_recorded_allocator, restart_with_preferred_allocator
 from .parser import parse_arguments
 
@@ -24,19 +24,25 @@ def main(argv: list[str] | None = None) -> int:
         quiet_libraries()
         return args.run(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        report_error(e)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:
+        if os.environ.get("WORLD_SIZE", "1") != "1":  # a process of a distributed run whose peer died
+            from ..distributed import lost_peer
+
+            if lost_peer(e):
+                report_error(f"lost another training process ({first_line(e)}); torchrun stops the job")
+                return EXIT_FAILURE
         # a model's own code (trust_remote_code) that fails while it runs, not only while it loads: one line too
         from ..models.remote_code import remote_code_error
 
         error = remote_code_error(e)
         if error is None:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        report_error(error)
         return EXIT_USER_ERROR
 
 
@@ -75,3 +81,9 @@ def quiet_libraries() -> None:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
+
+
+def report_error(error) -> None:
+    """`error: ...` in one write: the processes of a distributed run print theirs to one terminal at once."""
+    sys.stderr.write(f"error: {error}\n")
+    sys.stderr.flush()

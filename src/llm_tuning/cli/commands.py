@@ -17,6 +17,12 @@ from ..errors import EXIT_FAILURE, EXIT_INTERRUPTED, UserError
 
 
 def cmd_train(args) -> int:
+    if args.nproc > 1:
+        from ..config.load import load_config
+        from ..launch import train_in_processes
+
+        load_config(args.config, args.overrides)  # a bad config fails here, once, before any process starts
+        return train_in_processes(args.nproc, [args.config, *args.overrides])
     from ..training.run import train
 
     summary = train(args.config, args.overrides)
@@ -197,20 +203,24 @@ def cmd_estimate(args) -> int:
     from ..memory.estimate import estimate
 
     config = load_config(args.config, args.overrides)
-    report = estimate(config, device=args.device)
+    report = estimate(config, device=args.device, processes=args.nproc)
     if args.budget:
         report["budget_bytes"] = parse_size(args.budget)
-        report["proposal"] = propose_for_budget(config, report["budget_bytes"], device=args.device)
+        report["proposal"] = propose_for_budget(config, report["budget_bytes"], device=args.device, processes=args.nproc)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
+    each = f" in each of {args.nproc} processes" if args.nproc > 1 else ""
     print(
-        f"estimated peak memory of this training run on {args.device} ({report['tokens_per_micro_batch']:,d} tokens per "
-        "micro-batch):"
+        f"estimated peak memory of this training run on {args.device}{each} ({report['tokens_per_micro_batch']:,d} "
+        "tokens per micro-batch):"
     )
     for name, size in report["components"].items():
-        print(f"  {name:<12} {_gib(size):>10}")
+        note = report["assumptions"].get(name)
+        print(f"  {name:<12} {_gib(size):>10}" + (f"  ({note})" if note else ""))
     print(f"  {'total':<12} {_gib(report['total_bytes']):>10}")
+    if report.get("host_bytes"):
+        print(f"  and {_gib(report['host_bytes'])} of host memory per process (offloaded optimizer states)")
     if args.budget:
         proposal = report["proposal"]
         if proposal is None:

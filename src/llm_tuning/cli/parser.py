@@ -41,9 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="fine-tune a model as a config describes",
         description="Fine-tune the base model (model.path) on instruction data (data.path) with a method "
         "(method.name). Writes the adapter, config.yaml, log.jsonl, run_summary.json and checkpoints to "
-        "train.output_dir. Ctrl-C saves a checkpoint and stops; train.resume=true continues from it.",
+        "train.output_dir. Ctrl-C saves a checkpoint and stops; train.resume=true continues from it. Also runs "
+        "under torchrun and accelerate launch (docs/distributed.md).",
     )
     _add_config_arguments(p, required=True)
+    p.add_argument(
+        "--nproc",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="train in N processes on this machine (through torchrun; one per GPU, or gloo on a CPU); the global "
+        "batch is train.batch_size x gradient_accumulation_steps x N",
+    )
     p.set_defaults(run=cmd_train)
 
     p = commands.add_parser(
@@ -71,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("cpu", "cuda"),
         default="cpu",
         help="whose overhead to add: the CPU process or a CUDA GPU (default cpu)",
+    )
+    p.add_argument(
+        "--nproc",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="estimate for each of N training processes (DDP, or the sharding train.fsdp / train.deepspeed set)",
     )
     p.add_argument("--budget", metavar="SIZE", help="memory available, e.g. 24GiB: propose settings that fit")
     p.add_argument("--json", action="store_true", help="print total_bytes and components as JSON")
@@ -248,7 +264,13 @@ def _add_generation_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def parse_arguments(argv: list[str] | None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides may also follow an option (`train CONFIG --nproc 2 train.max_steps=5`)
+    if extra and (not hasattr(args, "overrides") or any(a.startswith("-") or "=" not in a for a in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     _split_config_argument(args)
     return args
 
@@ -259,3 +281,13 @@ def _split_config_argument(args) -> None:
     if config and "=" in config and not os.path.exists(config):
         args.overrides = [config, *args.overrides]
         args.config = None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

@@ -159,6 +159,18 @@ class TrainConfig:
     check_memory: bool = option(
         True, "Before training, refuse a run whose estimated peak memory exceeds what is free, and say what would fit."
     )
+    fsdp: str = option(
+        "none",
+        "Shard across processes with PyTorch FSDP, each decoder layer a unit: `full_shard` (weights, gradients and "
+        "optimizer states), `shard_grad_op` (gradients and optimizer states), or `none` (DDP: a full copy per process; "
+        "docs/distributed.md).",
+        choices=("none", "full_shard", "shard_grad_op"),
+    )
+    deepspeed: str | None = option(
+        None,
+        "A DeepSpeed JSON config (ZeRO stage 2 or 3, optional offload; examples/deepspeed/) to train through DeepSpeed "
+        "instead of DDP or FSDP; needs a GPU and the `deepspeed` extra.",
+    )
     report_to: str = option(
         "none", "Also log to TensorBoard (`tensorboard`, needs the tensorboard package).", choices=("none", "tensorboard")
     )

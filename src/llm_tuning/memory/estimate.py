@@ -22,6 +22,7 @@ from ..params import meta_model, tokenizer_if_any
 from ..speed.activations import is_gated_mlp
 from ..speed.allocator import active_allocator
 from ..training.loss import chunked_loss_unsupported_reason
+from ..training.sharding import Sharding, sharding_of
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # 4-bit: 0.5 byte per weight plus the block constants: fp32 absmax per 64 weights, or with double quantization
@@ -53,10 +54,15 @@ OUTPUT_PROJECTIONS = {"o_proj", "out_proj", "dense", "c_proj", "wo"}
 
 
 def estimate(
-    config: Config | str | Path | dict | None = None, overrides=(), device: str = "cpu", allocator: str | None = None
+    config: Config | str | Path | dict | None = None,
+    overrides=(),
+    device: str = "cpu",
+    allocator: str | None = None,
+    processes: int = 1,
 ) -> dict:
     """Predicted peak memory of the training run `config` describes, by component, in bytes; on a CPU, for the
-    malloc `allocator` (tcmalloc, glibc; by default the one this process runs on)."""
+    malloc `allocator` (tcmalloc, glibc; by default the one this process runs on). With `processes` > 1, what each
+    of that many training processes holds, under the sharding the config sets (training/sharding.py)."""
     config = as_config(config, overrides)
     path, model_config, model = meta_model(config)
     base_bytes, quantized_params = weight_bytes(model, config)  # before the method adds its own tensors
@@ -87,14 +93,64 @@ def estimate(
     if device == "cuda":
         allocated = sum(v for k, v in components.items() if k != "overhead")
         components["overhead"] += int(allocated * (CUDA_ALLOCATOR_SLACK - 1))
+    assumptions = {}
+    host_bytes = 0
+    if processes > 1:
+        host_bytes = share_between_processes(components, assumptions, sharding_of(config), processes, model)
     components = {k: int(v) for k, v in components.items()}
     return {
         "device": device,
+        "processes": processes,
         "total_bytes": sum(components.values()),
         "components": components,
+        "assumptions": assumptions,
+        "host_bytes": int(host_bytes),
         "trainable_params": trained_count,
         "tokens_per_micro_batch": tokens,
     }
+
+
+def share_between_processes(components: dict, assumptions: dict, sharding: Sharding, processes: int, model) -> int:
+    """Turn one process's components into what each of `processes` holds under `sharding`, saying per component what
+    it assumes; returns the bytes moved to host memory (offloaded optimizer states)."""
+    n = processes
+    if sharding.kind == "ddp":
+        components["ddp_buckets"] = components["gradients"]
+        assumptions.update(
+            weights=f"a full copy in each of the {n} processes (DDP)",
+            gradients="full, in each process",
+            optimizer="full, in each process",
+            ddp_buckets="DDP's buckets: a second copy of the gradients, reduced between the processes",
+        )
+        return 0
+    if sharding.weights_sharded:
+        components["gathered_layer"] = 2 * decoder_layer_bytes(model, components["weights"])
+        components["weights"] /= n
+        assumptions["weights"] = f"divided between {n} processes"
+        assumptions["gathered_layer"] = "one decoder layer gathered whole for compute and the next prefetched"
+    else:
+        assumptions["weights"] = "a full copy in each process"
+    components["gradients"] /= n
+    assumptions["gradients"] = f"divided between {n} processes"
+    host = 0
+    if sharding.optimizer_offloaded:
+        host, components["optimizer"] = components["optimizer"] / n, 0
+        assumptions["optimizer"] = "offloaded to host memory (counted apart)"
+    else:
+        components["optimizer"] /= n
+        assumptions["optimizer"] = f"divided between {n} processes"
+    if "overlap" in components:  # gradients freed layer by layer overlap the activations by the smaller share now
+        components["overlap"] = -min(components["gradients"], components["activations"])
+    assumptions.update(activations="per process: its own micro-batch", logits="per process: its own micro-batch")
+    return host
+
+
+def decoder_layer_bytes(model, weights: float) -> float:
+    """Bytes of one decoder layer's weights, at the bytes per parameter of the whole model's `weights`."""
+    layers = next((m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 1), None)
+    if layers is None:
+        return 0.0
+    return weights * sum(p.numel() for p in layers[0].parameters()) / sum(p.numel() for p in model.parameters())
 
 
 def logits_bytes(config: Config, model, tokens: int, vocab_size: int) -> int:

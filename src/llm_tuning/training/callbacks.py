@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
+from ..distributed import any_process, world
 from ..files import write_errors
 
 
@@ -85,13 +86,15 @@ class DivergenceGuard(TrainerCallback):
 
 
 class StopOnInterrupt(TrainerCallback):
-    """After Ctrl-C, finish the current step, write a checkpoint and stop."""
+    """After Ctrl-C, finish the current step, write a checkpoint and stop: every process on the same step, whichever
+    got the signal first (each asks the others after every step)."""
 
     def __init__(self, interrupted: list):
         self.interrupted = interrupted
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.interrupted:
+        if any_process(bool(self.interrupted)):
+            self.interrupted[:] = [True]
             control.should_save = True
             control.should_training_stop = True
 
@@ -107,11 +110,17 @@ class interrupt_requests:
             return self.flag  # signals can only be handled on the main thread; Ctrl-C then aborts as usual
         self.previous = signal.getsignal(signal.SIGINT)
 
+        together = world().size > 1
+
         def handler(signum, frame):
+            if self.flag and together:
+                return  # torchrun passes on the Ctrl-C the terminal already sent: its grace period is the way to abort
             if self.flag:
                 raise KeyboardInterrupt
             self.flag.append(True)
-            print("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort)", file=sys.stderr, flush=True)
+            if world().is_main:
+                again = "" if together else " (Ctrl-C again to abort)"
+                print(f"\ninterrupt: saving a checkpoint after this step{again}", file=sys.stderr, flush=True)
 
         signal.signal(signal.SIGINT, handler)
         return self.flag

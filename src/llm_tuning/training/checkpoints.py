@@ -16,8 +16,9 @@ shuffles with the data seed and the epoch instead, as the sampler of packed rows
 checkpoint at its last step in the middle of an epoch, the Trainer would train one step more (it checks the
 limit after each step); here it trains none.
 
-Distributed training (not built yet) must make every rank write its RNG state into the one `.partial` folder and
-wait for them all before the main process renames it; `writes_checkpoints` is where a process decides to write.
+With several processes, every process writes its RNG state (and under FSDP or ZeRO its shards) into the one
+`.partial` folder, and the main process renames it once all have written. train.output_dir must then be on a file
+system every machine of the job shares.
 """
 
 from __future__ import annotations
@@ -37,25 +38,32 @@ from transformers.trainer import (
 )
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices, safe_globals
 
+from ..distributed import barrier, mean_over_processes
 from ..errors import UserError, first_line
-from ..files import PARTIAL_SUFFIX, REPLACED_SUFFIX, folder_written_whole, manifest_problem, write_file_whole, write_json
+from ..files import (
+    PARTIAL_SUFFIX,
+    REPLACED_SUFFIX,
+    folder_written_whole,
+    manifest_problem,
+    partial_path,
+    write_file_whole,
+    write_json,
+)
 from ..rundir import CHECKPOINT_PREFIX, LOG_FILE, checkpoint_folders, remove_run_manifest
 from .callbacks import log_line
 
 STATE_FILE = "llm_tuning_state.json"  # the Trainer's loss accumulator, which it does not save itself
 RNG_STATE_FILE = "rng_state.pth"
 WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
-REQUIRED_FILES = (TRAINER_STATE_NAME, OPTIMIZER_NAME, SCHEDULER_NAME, RNG_STATE_FILE, STATE_FILE)
-
-
-def writes_checkpoints(args) -> bool:
-    """Whether this process writes checkpoints: the main one (every process, until distributed training exists)."""
-    return args.should_save
+REQUIRED_FILES = (TRAINER_STATE_NAME, OPTIMIZER_NAME, SCHEDULER_NAME, STATE_FILE)
+PROCESS_RNG_STATE_FILES = "rng_state_*.pth"  # one per process, in a checkpoint of a run of several
 
 
 class CrashSafeCheckpoints:
     """Trainer mixin: checkpoints written whole and rotated by step after the new one is complete (`keep`: how
-    many to keep, None for all), and the loss accumulator saved and restored with them."""
+    many to keep, None for all), and the loss accumulator saved and restored with them. With several processes,
+    each writes its part (its RNG state; its shards under FSDP or ZeRO) into the main process's .partial folder, and
+    the main process completes and renames it once all have written."""
 
     keep_checkpoints: int | None = None
     _checkpoint_root: Path | None = None
@@ -65,24 +73,34 @@ class CrashSafeCheckpoints:
         return str(self._checkpoint_root) if self._checkpoint_root else super()._get_output_dir(trial)
 
     def _save_checkpoint(self, model, trial) -> None:
-        if not writes_checkpoints(self.args):
-            return super()._save_checkpoint(model, trial)
         run_dir = Path(self.args.output_dir)
         final = run_dir / f"{CHECKPOINT_PREFIX}{self.state.global_step}"
+        # each process sums its own losses; the log shows their mean, which is what a resumed process restarts from
+        loss_state = {"loss_sum": mean_over_processes(self._tr_loss.item()), "last_logged_step": self._globalstep_last_logged}
+        if not self.args.should_save:
+            barrier()  # the main process has made the .partial folder
+            self._write_checkpoint(model, trial, partial_path(final))
+            barrier()  # every process has written its part
+            return
         with folder_written_whole(final, manifest=True) as partial:
-            self._checkpoint_root = partial
-            try:
-                super()._save_checkpoint(model, trial)  # writes partial/checkpoint-N
-            finally:
-                self._checkpoint_root = None
+            barrier()
+            self._write_checkpoint(model, trial, partial)
+            barrier()
             written = partial / final.name
             for item in written.iterdir():
                 item.rename(partial / item.name)
             written.rmdir()
             (partial / TRAINING_ARGS_NAME).unlink(missing_ok=True)  # a pickle nothing reads back
-            loss_state = {"loss_sum": self._tr_loss.item(), "last_logged_step": self._globalstep_last_logged}
             write_json(partial / STATE_FILE, loss_state)
         rotate_checkpoints(run_dir, self.keep_checkpoints, final)
+
+    def _write_checkpoint(self, model, trial, root: Path) -> None:
+        """The Trainer's own saving code, writing into root/checkpoint-N."""
+        self._checkpoint_root = root
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._checkpoint_root = None
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
@@ -149,6 +167,8 @@ def checkpoint_problem(folder: Path) -> str | None:
     if problem:
         return problem
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if not (folder / RNG_STATE_FILE).is_file() and not any(folder.glob(PROCESS_RNG_STATE_FILES)):
+        missing.append(RNG_STATE_FILE)
     if missing:
         return f"{missing[0]} is missing"
     if not any((folder / name).is_file() for name in WEIGHT_FILES):

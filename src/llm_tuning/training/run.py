@@ -5,6 +5,7 @@ machine-readable run summary into the run's folder, each written whole, and last
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from datetime import datetime, timezone
@@ -18,6 +19,7 @@ from ..config.sections import Config
 from ..data.encode import encode_examples
 from ..data.split import read_data
 from ..data.templates import get_template
+from ..distributed import World, each_process, end_process_group, from_main, local_main_first, main_writes, start_process_group
 from ..errors import UserError
 from ..files import cache_dir, write_json
 from ..memory.budget import check_fits
@@ -50,16 +52,26 @@ from .callbacks import DivergenceGuard, ProgressBar, StopOnInterrupt, interrupt_
 from .checkpoints import reopen_run_folder, resumable_checkpoint
 from .gradient_checkpointing import enable_checkpointing
 from .precision import adam_epsilon, check_precision, set_trainable_dtype
+from .sharding import check_sharding, sharding_of
 from .summary import curves, data_counts, diagnose, training_figures, validation_figures, versions
 from .trainer import build_trainer
 
 
 def train(config: Config | str | Path | dict | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """Fine-tune as `config` says; returns the run summary (also written to OUTPUT_DIR/run_summary.json)."""
+    """Fine-tune as `config` says; returns the run summary (also written to OUTPUT_DIR/run_summary.json). Started
+    by torchrun or accelerate launch, each process runs this and the main one writes (distributed.py)."""
     config = as_config(config, overrides)
+    here = start_process_group()
+    try:
+        return train_in_group(config, here)
+    finally:
+        end_process_group()
+
+
+def train_in_group(config: Config, here: World) -> dict:
     method = get_method(config.method.name)
     output_dir = Path(config.train.output_dir)
-    resume_from = preflight(config, method, output_dir)
+    resume_from = preflight(config, method, output_dir, here.size)
     record = read_run_record(output_dir) if resume_from else {}
     train_read, val_read = read_data(config)  # before anything slow, so bad data fails fast
 
@@ -68,36 +80,36 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     note = remote_code_note(config.model, resolved_path)
     if note:
         adjustments.append(note)
-    tokenizer, template, data = prepare_data(config, resolved_path, train_read.examples, adjustments)
+    with local_main_first():  # the others then read its tokenisation cache
+        tokenizer, template, data = prepare_data(config, resolved_path, train_read.examples, adjustments)
     val_data = encode_validation(config, val_read, template, tokenizer)
     fingerprint = data.fingerprint()
     if resume_from:
         check_same_data(record, fingerprint, output_dir)
-        print(f"resuming from {resume_from}", file=sys.stderr, flush=True)
-    predicted = estimate(config, device=_device())
+        if here.is_main:
+            print(f"resuming from {resume_from}", file=sys.stderr, flush=True)
+    predicted = estimate(config, device=_device(), processes=here.size)
     if config.train.check_memory:
-        check_fits(config, predicted)
+        check_fits(config, predicted, sharing=1 if _device() == "cuda" else int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     model, epsilon = prepare_model(config, method, resolved_path, tokenizer, adjustments)
     lean = keep_fewer_activations(model) if config.train.lean_activations else []
     # which library multiplies is chosen once per run (speed/calibration.py): a resumed run multiplies as it started
     tokens = config.train.batch_size * config.data.max_length
     recorded = record.get("cpu_matmul")
     matmul = {"library": recorded, "why": f"as when the run started ({RUN_RECORD_FILE})"} if recorded else None
-    matmul = matmul or choose_cpu_matmul(model, config.train.cpu_matmul, tokens)
+    if here.is_main:  # the others multiply as the main process chose
+        matmul = matmul or choose_cpu_matmul(model, config.train.cpu_matmul, tokens)
+    matmul = from_main(matmul)
     onednn_linears = use_onednn_matmul(model) if matmul["library"] == "onednn" else 0
     trainable, total = count_parameters(model)
     if trainable == 0:
         raise UserError(f"method {config.method.name} leaves nothing to train on this model")
-    print(trainable_line(trainable, total), flush=True)
+    if here.is_main:
+        print(trainable_line(trainable, total), flush=True)
 
-    if config.train.overwrite and not resume_from and output_dir.exists():
-        shutil.rmtree(output_dir)  # only now that data, model and method are known to be good
-    output_dir.mkdir(parents=True, exist_ok=True)
-    reopen_run_folder(output_dir, resume_from)
-    save_run_config(config, output_dir)
-    if not record:
-        choices = {"data_sha256": fingerprint, "cpu_matmul": matmul["library"], **recorded_allocator()}
-        write_run_record(output_dir, choices)
+    with main_writes() as writer:
+        if writer:
+            open_run_folder(config, output_dir, resume_from, record, fingerprint, matmul, here.size)
     val_samples = val_data.samples if val_data else None
     trainer = build_trainer(config, model, tokenizer, data.samples, adjustments, adam_epsilon=epsilon, val_samples=val_samples)
     guard = DivergenceGuard(model)
@@ -108,11 +120,15 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         try:
             result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         finally:
-            trainer.pop_callback(ProgressBar).close()
+            bar = trainer.pop_callback(ProgressBar)
+            if bar:
+                bar.close()
     use_torch_matmul(model)  # validation and the caller's model compute as the saved weights will after reloading
     status = "diverged" if guard.problem else "interrupted" if interrupted else "completed"
     validation = validation_figures(trainer, len(val_samples)) if val_samples and status == "completed" else None
-    saved_bytes = 0 if guard.problem else save_trained(model, output_dir, config.method)  # never save a diverged model
+    with main_writes() as writer:
+        saved_bytes = save_trained(model, output_dir, config.method) if writer and not guard.problem else 0  # never diverged
+    peaks = each_process(peak_memory()["peak_memory_bytes"])
 
     summary = {
         "status": status,
@@ -136,12 +152,47 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         "estimated_peak_memory_bytes": predicted["total_bytes"],
         "estimated_memory_components": predicted["components"],
         **peak_memory(),
+        "peak_memory_bytes": max(peaks),  # the largest process's
+        "peak_memory_bytes_per_process": peaks,
+        "world_size": here.size,
+        "global_batch_size": config.train.batch_size * config.train.gradient_accumulation_steps * here.size,
+        "sharding": sharding_of(config).describe() if here.size > 1 else None,
         "started_at": started_at,
         "resumed_from": str(resume_from) if resume_from else None,
         "versions": versions(),
     }
     if guard.problem:
         summary["diagnosis"] = diagnose(config, guard, epsilon, output_dir)
+    with main_writes() as writer:
+        if writer:
+            write_results(config, output_dir, summary)
+    if guard.problem:
+        raise UserError(summary["diagnosis"])
+    if here.is_main:
+        print(
+            f"{status}: {summary['steps']} steps in {summary['train_runtime_s']:.0f} s; trained weights "
+            f"({saved_bytes / 2**20:.1f} MiB) and run summary in {output_dir}",
+            file=sys.stderr,
+        )
+    return summary
+
+
+def open_run_folder(config: Config, output_dir: Path, resume_from, record: dict, fingerprint: str, matmul, processes: int):
+    """Make (or reopen) the run's folder, with its config and the record of its run-time choices."""
+    if config.train.overwrite and not resume_from and output_dir.exists():
+        shutil.rmtree(output_dir)  # only now that data, model and method are known to be good
+    output_dir.mkdir(parents=True, exist_ok=True)
+    reopen_run_folder(output_dir, resume_from)
+    save_run_config(config, output_dir)
+    if not record:
+        choices = {"data_sha256": fingerprint, "cpu_matmul": matmul["library"], **recorded_allocator()}
+        write_run_record(output_dir, {**choices, "world_size": processes})
+    elif record.get("world_size", 1) != processes:
+        write_run_record(output_dir, {**record, "world_size": processes})  # the next resume compares with this one
+
+
+def write_results(config: Config, output_dir: Path, summary: dict) -> None:
+    """The run summary, the loss chart and, last, the manifest that says the run's folder is complete."""
     write_json(output_dir / SUMMARY_FILE, summary)
     if summary["loss_history"]:
         loss_chart(
@@ -150,22 +201,15 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
             title=f"{config.method.name} on {Path(config.model.path).name}",
         )
     write_run_manifest(output_dir)
-    if guard.problem:
-        raise UserError(summary["diagnosis"])
-    print(
-        f"{status}: {summary['steps']} steps in {summary['train_runtime_s']:.0f} s; trained weights "
-        f"({saved_bytes / 2**20:.1f} MiB) and run summary in {output_dir}",
-        file=sys.stderr,
-    )
-    return summary
 
 
-def preflight(config: Config, method: Method, output_dir: Path) -> Path | None:
+def preflight(config: Config, method: Method, output_dir: Path, processes: int = 1) -> Path | None:
     """Every check that needs no model: fails in a second instead of after loading. Returns the checkpoint to
     resume from, if any."""
     if config.train.eval_steps and not (config.data.val_ratio or config.data.val_path):
         raise UserError("train.eval_steps needs validation data: set data.val_ratio (e.g. 0.1) or data.val_path")
     check_precision(config, has_gpu=torch.cuda.is_available())
+    check_sharding(config, has_gpu=torch.cuda.is_available())
     check_quantization(config, method)
     if config.train.optimizer == "adamw_8bit":
         require_bitsandbytes("train.optimizer adamw_8bit")
@@ -182,7 +226,8 @@ def preflight(config: Config, method: Method, output_dir: Path) -> Path | None:
         check_output_dir(output_dir, overwrite=config.train.overwrite)
         return None
     if checkpoint_folders(output_dir):  # a config that trains something else is refused before checking checkpoints
-        check_same_training(load_run_config(output_dir).to_dict(), config.to_dict(), output_dir)
+        started = read_run_record(output_dir).get("world_size", 1)
+        check_same_training(load_run_config(output_dir).to_dict(), config.to_dict(), output_dir, started, processes)
     return resumable_checkpoint(output_dir)
 
 

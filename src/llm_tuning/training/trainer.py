@@ -4,16 +4,19 @@ batches, the loss computed by training/loss.py on labelled tokens only, and chec
 
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
 from ..config.sections import Config
 from ..data.encode import IGNORE_INDEX
 from ..data.packing import PackedCollator, pack_rows, packed_forward_inputs, packing_unsupported_reason
+from ..distributed import world
 from ..methods.adapter import is_adapted
 from ..rundir import LOG_FILE
 from ..speed.packed_attention import use_packed_attention
@@ -21,6 +24,7 @@ from ..weights import base_model
 from .callbacks import JsonlLog, ProgressBar
 from .checkpoints import CrashSafeCheckpoints
 from .loss import chunked_loss_unsupported_reason, labelled_loss
+from .sharding import decoder_layer_class, trainer_arguments
 
 OPTIMIZERS = {"adamw": "adamw_torch_fused", "adamw_8bit": "adamw_bnb_8bit", "adafactor": "adafactor"}  # Trainer's names
 
@@ -45,12 +49,33 @@ class LeanTrainer(CrashSafeCheckpoints, Trainer):
             inputs = packed_forward_inputs(inputs, with_segments=self.packed_attention)
         if not self.loss_chunk_size:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        causal_lm = base_model(model)
+        causal_lm = base_model(extract_model_from_parallel(model))
         labels = inputs["labels"]
         decoder_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "use_cache")}
-        hidden = causal_lm.get_decoder()(**decoder_inputs, use_cache=False).last_hidden_state
+        if extract_model_from_parallel(model) is model:
+            hidden = causal_lm.get_decoder()(**decoder_inputs, use_cache=False).last_hidden_state
+        else:
+            hidden = hidden_through_wrapper(model, causal_lm, decoder_inputs)
         loss = labelled_loss(hidden, causal_lm.get_output_embeddings(), labels, num_items_in_batch, self.loss_chunk_size)
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            # num_items_in_batch counts the labelled tokens of every process, and DDP averages the gradients over the
+            # processes: as in Trainer.compute_loss, the loss is scaled back so the gradient is the global mean
+            loss = loss * self.accelerator.num_processes
         return (loss, {"loss": loss}) if return_outputs else loss  # evaluation asks for the loss only (no logits)
+
+
+def hidden_through_wrapper(wrapper, causal_lm, decoder_inputs: dict):
+    """The decoder's last hidden states from a forward pass through `wrapper` (DDP, FSDP), which must see the forward
+    to reduce the gradients of the backward. The LM head computes the last position only (the loss needs none of
+    its logits); the hidden states are taken from the decoder's output on the way."""
+    captured = []
+    hook = causal_lm.get_decoder().register_forward_hook(lambda module, args, output: captured.append(output[0]))
+    keep_last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(causal_lm.forward).parameters else {}
+    try:
+        wrapper(**decoder_inputs, use_cache=False, **keep_last)
+    finally:
+        hook.remove()
+    return captured[-1]
 
 
 def build_trainer(
@@ -102,6 +127,8 @@ def build_trainer(
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,  # replaced by ProgressBar, which shows the loss
         use_cpu=not torch.cuda.is_available(),
+        ddp_find_unused_parameters=False,  # every trained tensor takes part in each step: skip DDP's graph search
+        **trainer_arguments(config, decoder_layer_class(model)),
     )
     if packed:
         rows, collator = pack_rows(samples, config.data.max_length), PackedCollator(tokenizer.pad_token_id)
@@ -121,8 +148,9 @@ def build_trainer(
             keep_checkpoints=t.save_total_limit,
         )
     trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(ProgressBar())
-    trainer.add_callback(JsonlLog(Path(t.output_dir, LOG_FILE)))
+    if world().is_main:  # one progress bar and one step log for the job
+        trainer.add_callback(ProgressBar())
+        trainer.add_callback(JsonlLog(Path(t.output_dir, LOG_FILE)))
     return trainer
 
 
