@@ -36,3 +36,13 @@ def test_example_trains_a_few_steps(path, tiny_models, records_path, tmp_path, m
         )
     )
     assert summary["status"] == "completed" and summary["steps"] == 2
+
+
+@pytest.mark.parametrize("path", sorted(ROOT.glob("examples/deepspeed/*.json")), ids=lambda p: p.name)
+def test_deepspeed_examples_are_zero_2_or_3(path):
+    from llm_tuning.training.sharding import sharding_of
+
+    sharding = sharding_of(load_config(None, ["model.path=unused", f"train.deepspeed={path}"]))
+    assert sharding.kind == "zero" and sharding.states_sharded
+    assert sharding.weights_sharded == ("zero3" in path.name)
+    assert sharding.optimizer_offloaded == ("offload" in path.name)

@@ -84,11 +84,17 @@ def one_process_run(tmp_path_factory, tiny_llama, uneven_records) -> Path:
     return folder / "run"
 
 
-def test_two_processes_train_as_one_process_with_twice_the_accumulation(tmp_path, tiny_llama, uneven_records, one_process_run):
-    config = config_file(tmp_path, tiny_llama, uneven_records, "run", accumulation=2, save_steps=4)
-    result = llm_tuning("train", config, "--nproc", "2")
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory, tiny_llama, uneven_records) -> tuple[Path, str]:
+    """The run, and what the command printed on stdout; a checkpoint after every step."""
+    folder = tmp_path_factory.mktemp("two-processes")
+    result = llm_tuning("train", config_file(folder, tiny_llama, uneven_records, "run", 2, save_steps=1), "--nproc", "2")
     assert result.returncode == 0, result.stderr
-    run = tmp_path / "run"
+    return folder / "run", result.stdout
+
+
+def test_two_processes_train_as_one_process_with_twice_the_accumulation(two_process_run, one_process_run):
+    run, stdout = two_process_run
     assert_same_training(run, one_process_run)
 
     report = summary(run)
@@ -97,11 +103,22 @@ def test_two_processes_train_as_one_process_with_twice_the_accumulation(tmp_path
     assert len(report["peak_memory_bytes_per_process"]) == 2
     assert report["peak_memory_bytes"] == max(report["peak_memory_bytes_per_process"])
     # one writer: one trainable-params line, one log line per step, one set of outputs
-    assert result.stdout.count("trainable params:") == 1
+    assert stdout.count("trainable params:") == 1
     assert len((run / "log.jsonl").read_text().splitlines()) == len((one_process_run / "log.jsonl").read_text().splitlines())
     assert outputs(run) == outputs(one_process_run)
-    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-8"]
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-7", "checkpoint-8"]
     assert {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in (run / "checkpoint-8").iterdir()}
+
+
+def test_unpacked_batches_grouped_by_length_are_the_same_in_two_processes(tmp_path, tiny_llama, uneven_records):
+    """Without packing, batches come grouped by length: groups of a global batch, dealt out to the processes."""
+    runs = []
+    for name, accumulation, nproc in (("one", 4, "1"), ("two", 2, "2")):
+        config = config_file(tmp_path, tiny_llama, uneven_records, name, accumulation=accumulation, max_steps=4)
+        result = llm_tuning("train", config, "--nproc", nproc, "data.packing=false")
+        assert result.returncode == 0, result.stderr
+        runs.append(tmp_path / name)
+    assert_same_training(*runs)
 
 
 def test_bad_data_fails_in_every_process_with_the_same_line(tmp_path, tiny_llama):
@@ -163,11 +180,17 @@ def test_ctrl_c_stops_every_process_after_a_checkpoint_and_one_process_resumes(
     assert_same_training(tmp_path / "run", one_process_run)
 
 
-def test_a_process_that_dies_ends_the_job_with_a_line_naming_it(tmp_path, tiny_llama, uneven_records):
-    config = config_file(tmp_path, tiny_llama, uneven_records, "run", accumulation=2, max_steps=400)
+def test_a_process_killed_ends_the_job_with_a_line_naming_it_and_the_run_resumes_exactly(
+    tmp_path, tiny_llama, uneven_records, two_process_run
+):
+    """SIGKILL to rank 1 (a checkpoint is written after every step, so the kill may fall inside one): the launcher
+    names it and exits 1, nothing hangs; resumed in two processes, the run ends bit-identical to one never killed."""
+    config = config_file(tmp_path, tiny_llama, uneven_records, "run", accumulation=2, save_steps=1)
     log = tmp_path / "stderr.txt"
     launcher = start_training(config, "--nproc", "2", log=log)
     wait_for_training(launcher, log)
+    while not (tmp_path / "run" / "checkpoint-1").is_dir() and launcher.poll() is None:
+        time.sleep(0.02)  # one complete checkpoint to resume from; the kill may fall in the next one
     found = subprocess.run(["pgrep", "-f", f"llm_tuning train {config}$"], capture_output=True, text=True)
     workers = {process_rank(int(pid)): int(pid) for pid in found.stdout.split()}
     assert sorted(workers) == [0, 1], found.stdout
@@ -176,6 +199,13 @@ def test_a_process_that_dies_ends_the_job_with_a_line_naming_it(tmp_path, tiny_l
     text = log.read_text()
     assert f"error: training process 1 (pid {workers[1]}) was killed by SIGKILL; the other processes were stopped" in text
     assert "Traceback" not in text
+
+    resumed = llm_tuning("train", config, "--nproc", "2", "train.resume=true")
+    assert resumed.returncode == 0, resumed.stderr
+    reference, _ = two_process_run
+    assert summary(tmp_path / "run")["loss_history"] == summary(reference)["loss_history"]
+    ours, theirs = weights(tmp_path / "run"), weights(reference)
+    assert all(torch.equal(ours[name], theirs[name]) for name in theirs)
 
 
 def process_rank(pid: int) -> int:

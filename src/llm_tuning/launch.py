@@ -16,6 +16,11 @@ import signal
 import sys
 import uuid
 
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.launcher.api import elastic_launch
+from torch.distributed.run import config_from_args, get_args_parser
+
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USER_ERROR, UserError
 
 SHUTDOWN_GRACE_S = 600  # torchrun's default (30 s) is shorter than a step and a checkpoint of a large model on a CPU
@@ -26,11 +31,6 @@ def train_in_processes(nproc: int, train_args: list[str]) -> int:
     """Run `llm-tuning train *train_args` in `nproc` processes; the job's exit status."""
     if "WORLD_SIZE" in os.environ:
         raise UserError("--nproc starts its own processes: run it outside torchrun or accelerate launch")
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import elastic_launch
-    from torch.distributed.run import config_from_args, get_args_parser
-
     # torchrun would give each process one thread; the cores divided between the processes use them all
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     options = [

@@ -42,17 +42,24 @@ def base_model(model):
     return model.get_base_model() if is_peft_model(model) else model
 
 
-def save_trained(model, run_dir: str | Path, method_options=None) -> int:
+def save_trained(model, run_dir: str | Path, method_options=None, state: dict | None = None) -> int:
     """Save what trains into `run_dir`, each file flushed and renamed into place (`method_options`: the run's method
-    section, which bottleneck adapters store beside their weights); returns the bytes written."""
+    section, which bottleneck adapters store beside their weights); returns the bytes written. `state`: the model's
+    full state dict when its own parameters hold only a shard (FSDP, ZeRO-3)."""
     with files_written_whole(Path(run_dir)) as folder:
         if is_peft_model(model):
-            model.save_pretrained(folder)
+            model.save_pretrained(folder, state_dict=state)
             return sum(p.stat().st_size for p in folder.glob("adapter_model.*"))
         if bottleneck.is_adapted(model):
+            if state is not None:
+                raise UserError("bottleneck adapters are saved from whole weights: train them with DDP, not FSDP or ZeRO")
             return bottleneck.save_adapters(model, method_options, folder)
         # named_parameters lists a tied tensor once, so tied embeddings are saved once and re-tied on load.
-        tensors = {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+        tensors = {
+            name: (p if state is None else state[name]).detach().contiguous()
+            for name, p in model.named_parameters()
+            if p.requires_grad
+        }
         save_file(tensors, folder / TRAINED_WEIGHTS_FILE, metadata={"format": "pt"})
         return (folder / TRAINED_WEIGHTS_FILE).stat().st_size
 

@@ -105,7 +105,9 @@ class CrashSafeCheckpoints:
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
         if isinstance(sampler, LengthGroupedSampler):
-            return SeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, self.args.data_seed)
+            # groups of a global batch, which accelerate then deals out to the processes: the same samples per step in
+            # any number of processes
+            return SeededLengthGroupedSampler(sampler.batch_size * self.args.world_size, sampler.lengths, self.args.data_seed)
         return sampler
 
     def _run_epoch(self, *args, **kwargs):

@@ -52,7 +52,7 @@ from .callbacks import DivergenceGuard, ProgressBar, StopOnInterrupt, interrupt_
 from .checkpoints import reopen_run_folder, resumable_checkpoint
 from .gradient_checkpointing import enable_checkpointing
 from .precision import adam_epsilon, check_precision, set_trainable_dtype
-from .sharding import check_sharding, sharding_of
+from .sharding import check_sharding, gathered_state, sharding_of
 from .summary import curves, data_counts, diagnose, training_figures, validation_figures, versions
 from .trainer import build_trainer
 
@@ -126,8 +126,9 @@ def train_in_group(config: Config, here: World) -> dict:
     use_torch_matmul(model)  # validation and the caller's model compute as the saved weights will after reloading
     status = "diverged" if guard.problem else "interrupted" if interrupted else "completed"
     validation = validation_figures(trainer, len(val_samples)) if val_samples and status == "completed" else None
+    state = gathered_state(trainer)  # in every process: under FSDP or ZeRO each holds a shard
     with main_writes() as writer:
-        saved_bytes = save_trained(model, output_dir, config.method) if writer and not guard.problem else 0  # never diverged
+        saved_bytes = save_trained(model, output_dir, config.method, state) if writer and not guard.problem else 0
     peaks = each_process(peak_memory()["peak_memory_bytes"])
 
     summary = {

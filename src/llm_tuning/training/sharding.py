@@ -128,3 +128,11 @@ def decoder_layer_class(model) -> str | None:
         if layers is not None and hasattr(layers, "__len__") and len(layers) and hasattr(layers[0], "parameters"):
             return type(layers[0]).__name__
     return None
+
+
+def gathered_state(trainer) -> dict | None:
+    """Under FSDP or ZeRO the trained weights are spread over the processes: their full state dict, gathered (every
+    process must call this; the main one gets the tensors). None under DDP, where each process has them whole."""
+    if not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        return None
+    return trainer.accelerator.get_state_dict(trainer.model_wrapped)
