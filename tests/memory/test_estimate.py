@@ -1,6 +1,7 @@
 """The memory estimate: components add up, scale as they should, and `--budget` proposes settings that fit."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -221,6 +222,9 @@ def test_each_process_holds_what_its_sharding_leaves_it(shapes, tmp_path):
     offloaded = per_process(f"train.deepspeed={deepspeed_file(tmp_path, 3, offload=True)}")
     assert offloaded["components"]["optimizer"] == 0
     assert offloaded["host_bytes"] == pytest.approx(one["optimizer"] / 4, abs=1)
+    example = per_process(f"train.deepspeed={Path(__file__).parents[2] / 'examples/deepspeed/zero3_offload.json'}")
+    assert example["components"]["weights"] == 0 and example["components"]["gathered_layer"] > 0  # offload_param too
+    assert example["host_bytes"] == pytest.approx((one["optimizer"] + one["weights"]) / 4, abs=2)
 
 
 def test_estimate_command_says_per_process_what_it_assumes(shapes, capsys):

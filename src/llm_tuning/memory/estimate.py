@@ -139,6 +139,9 @@ def share_between_processes(components: dict, assumptions: dict, sharding: Shard
     else:
         components["optimizer"] /= n
         assumptions["optimizer"] = f"divided between {n} processes"
+    if sharding.weights_offloaded:  # ZeRO-3's offload_param: only the gathered layers are on the device
+        host, components["weights"] = host + components["weights"], 0
+        assumptions["weights"] = "offloaded to host memory (counted apart); each layer gathered onto the device"
     if "overlap" in components:  # gradients freed layer by layer overlap the activations by the smaller share now
         components["overlap"] = -min(components["gradients"], components["activations"])
     assumptions.update(activations="per process: its own micro-batch", logits="per process: its own micro-batch")
