@@ -46,6 +46,8 @@ def test_fsdp_on_a_cpu_is_refused_not_silently_ddp():
     with pytest.raises(UserError, match=r"^train.fsdp=full_shard needs GPUs: .* silently train with DDP"):
         check_sharding(config("train.fsdp=full_shard"), has_gpu=False)
     check_sharding(config("train.fsdp=full_shard"), has_gpu=True)
+    with pytest.raises(UserError, match="^method adapter with train.fsdp: bottleneck adapters are saved from whole"):
+        check_sharding(config("train.fsdp=full_shard", "method.name=adapter"), has_gpu=True)
 
 
 @pytest.mark.parametrize(

@@ -87,9 +87,14 @@ def _offloaded(zero: dict, key: str) -> bool:
 
 
 def check_sharding(config: Config, has_gpu: bool) -> Sharding:
-    """Refuse, in one line, what cannot run here: DeepSpeed without its package or without a GPU, FSDP without a GPU
-    or with a quantized base."""
+    """Refuse, in one line, what cannot run here: bottleneck adapters sharded, DeepSpeed without its package or
+    without a GPU, FSDP without a GPU or with a quantized base."""
     sharding = sharding_of(config)
+    if sharding.kind != "ddp" and config.method.name == "adapter":
+        raise UserError(
+            f"method adapter with {'train.fsdp' if sharding.kind == 'fsdp' else 'train.deepspeed'}: bottleneck adapters "
+            "are saved from whole weights, which sharding spreads over the processes; train them with DDP"
+        )
     if sharding.kind == "zero":
         if importlib.util.find_spec("deepspeed") is None:
             raise UserError("train.deepspeed needs the deepspeed package: pip install 'llm-tuning[deepspeed]'")
