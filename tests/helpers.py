@@ -429,6 +429,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class ServerProcess:
     """`llm-tuning serve ARGS` in its own process on a free loopback port, ready once /health answers."""
 
@@ -438,7 +442,9 @@ class ServerProcess:
         self.log_path = log_path
         with open(log_path, "w") as log:
             command = [sys.executable, "-m", "llm_tuning", "serve", *args, "--port", str(self.port)]
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            # Ctrl-C at a terminal: a suite started in the background (`cmd &`) ignores SIGINT, which the server would
+            # inherit, and uvicorn then ends with status 0 instead of re-raising it
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=default_sigint)
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
