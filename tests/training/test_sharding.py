@@ -32,9 +32,10 @@ def test_the_choices_mean_what_each_process_holds(tmp_path):
 def test_fsdp_wraps_each_decoder_layer(tiny_llama):
     from transformers import AutoModelForCausalLM
 
-    layer = decoder_layer_class(AutoModelForCausalLM.from_pretrained(tiny_llama))
-    assert layer == "LlamaDecoderLayer"
-    arguments = trainer_arguments(config("train.fsdp=shard_grad_op"), layer)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    assert decoder_layer_class(model) == "LlamaDecoderLayer"
+    assert trainer_arguments(config(), model) == {}
+    arguments = trainer_arguments(config("train.fsdp=shard_grad_op"), model)
     assert arguments == {
         "fsdp": "shard_grad_op auto_wrap",
         "fsdp_config": {"transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]},

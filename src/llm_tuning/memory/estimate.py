@@ -18,6 +18,7 @@ from ..config.load import as_config
 from ..config.sections import Config
 from ..methods.adapter import BottleneckAdapter
 from ..methods.registry import get_method
+from ..methods.selection import decoder_layers
 from ..params import meta_model, tokenizer_if_any
 from ..speed.activations import is_gated_mlp
 from ..speed.allocator import active_allocator
@@ -150,10 +151,8 @@ def share_between_processes(components: dict, assumptions: dict, sharding: Shard
 
 def decoder_layer_bytes(model, weights: float) -> float:
     """Bytes of one decoder layer's weights, at the bytes per parameter of the whole model's `weights`."""
-    layers = next((m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 1), None)
-    if layers is None:
-        return 0.0
-    return weights * sum(p.numel() for p in layers[0].parameters()) / sum(p.numel() for p in model.parameters())
+    first_layer = decoder_layers(model)[1][0]
+    return weights * sum(p.numel() for p in first_layer.parameters()) / sum(p.numel() for p in model.parameters())
 
 
 def logits_bytes(config: Config, model, tokens: int, vocab_size: int) -> int:

@@ -1,9 +1,7 @@
 """How the training processes share the model: DDP (a full copy in each; the default), FSDP (`train.fsdp`) or
 DeepSpeed ZeRO (`train.deepspeed: FILE`). The Trainer, through accelerate, does the sharding; this module reads
 the user's choice once, checks it before anything loads, turns it into the Trainer's arguments and tells the
-memory estimate (memory/estimate.py) what each process holds.
-
-Imports nothing heavy: the estimate and the checks run before torch does any work."""
+memory estimate (memory/estimate.py) what each process holds."""
 
 from __future__ import annotations
 
@@ -14,6 +12,7 @@ from pathlib import Path
 
 from ..config.sections import Config
 from ..errors import UserError
+from ..methods.selection import decoder_layers
 
 ZERO_STAGES = (2, 3)
 
@@ -115,24 +114,20 @@ def check_sharding(config: Config, has_gpu: bool) -> Sharding:
     return sharding
 
 
-def trainer_arguments(config: Config, layer_class: str | None) -> dict:
-    """The Trainer's arguments for the sharding: FSDP wrapping each decoder layer (`layer_class`), or DeepSpeed."""
+def trainer_arguments(config: Config, model) -> dict:
+    """The Trainer's arguments for the sharding: FSDP wrapping each decoder layer of `model`, or DeepSpeed."""
     t = config.train
     if t.deepspeed:
         return {"deepspeed": str(Path(t.deepspeed).expanduser())}
     if t.fsdp == "none":
         return {}
-    fsdp_config = {"transformer_layer_cls_to_wrap": [layer_class]} if layer_class else {}
-    return {"fsdp": f"{t.fsdp} auto_wrap" if layer_class else t.fsdp, "fsdp_config": fsdp_config}
+    layer = decoder_layer_class(model)
+    return {"fsdp": f"{t.fsdp} auto_wrap", "fsdp_config": {"transformer_layer_cls_to_wrap": [layer]}}
 
 
-def decoder_layer_class(model) -> str | None:
+def decoder_layer_class(model) -> str:
     """The class name of the model's decoder layers (FSDP wraps each as one unit)."""
-    for module in model.modules():
-        layers = getattr(module, "layers", None) or getattr(module, "h", None)
-        if layers is not None and hasattr(layers, "__len__") and len(layers) and hasattr(layers[0], "parameters"):
-            return type(layers[0]).__name__
-    return None
+    return type(decoder_layers(model)[1][0]).__name__
 
 
 def gathered_state(trainer) -> dict | None:

@@ -24,7 +24,7 @@ from ..weights import base_model
 from .callbacks import JsonlLog, ProgressBar
 from .checkpoints import CrashSafeCheckpoints
 from .loss import chunked_loss_unsupported_reason, labelled_loss
-from .sharding import decoder_layer_class, trainer_arguments
+from .sharding import trainer_arguments
 
 OPTIMIZERS = {"adamw": "adamw_torch_fused", "adamw_8bit": "adamw_bnb_8bit", "adafactor": "adafactor"}  # Trainer's names
 
@@ -128,7 +128,7 @@ def build_trainer(
         disable_tqdm=True,  # replaced by ProgressBar, which shows the loss
         use_cpu=not torch.cuda.is_available(),
         ddp_find_unused_parameters=False,  # every trained tensor takes part in each step: skip DDP's graph search
-        **trainer_arguments(config, decoder_layer_class(model)),
+        **trainer_arguments(config, model),
     )
     if packed:
         rows, collator = pack_rows(samples, config.data.max_length), PackedCollator(tokenizer.pad_token_id)
