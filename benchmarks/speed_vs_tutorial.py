@@ -16,9 +16,10 @@ CPU; on a GPU, the GPU memory torch reserved), final training loss (mean of the 
 The tutorial runs first and again last (its mean is the reference); --repeat N runs the llm-tuning variants N
 times, each round followed by the tutorial again, and rates each variant by the mean of its runs. --levers adds,
 between them, llm-tuning with each lever taken away from the defaults (packing with per-sample attention; the
-chunked loss; lean activations; tcmalloc; huge pages on glibc; oneDNN products), with none of them, and with
-gradient checkpointing. The run summary of each llm-tuning run names its allocator: without tcmalloc installed
-(Debian: libtcmalloc-minimal4) the defaults use glibc's.
+chunked loss; lean activations; tcmalloc; huge pages on glibc; oneDNN products), with none of them, with
+gradient checkpointing, with train.compile, and on glibc's malloc with fixed thresholds. The run summary of each
+llm-tuning run names its allocator: without tcmalloc (`make install` installs it where it can) the defaults use
+glibc's. The first line of the output names the CPU and any instruction-set limit (ONEDNN_MAX_CPU_ISA and the like).
 --scaling adds tokens/s and peak RSS at max length 256, 512, 1024 and 2048, or at the lengths given (micro-batch 1,
 10 steps, records concatenated so that every sample fills the length); --scaling-only skips the comparison.
 Skips (exit 0) when ../shared/data is absent.
@@ -62,6 +63,11 @@ COMMON = [
 PRECISIONS = {"fp32": [], "bf16": ["model.dtype=bfloat16", "train.precision=bf16"]}  # llm-tuning's overrides for each
 PLAIN_TORCH = {"THP_MEM_ALLOC_ENABLE": "0"}  # torch's default, whatever this process inherited from importing llm_tuning
 GLIBC = {"LLM_TUNING_ALLOCATOR": "system"}
+# glibc's own tunables. Setting a threshold stops glibc raising its mmap threshold as large blocks are freed (its
+# default, up to 32 MiB): either every block of 32 MiB or less comes from the heap, or every block over 128 KiB is
+# mapped afresh, and faulted in again, at each allocation.
+GLIBC_LARGE = {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=268435456"}
+GLIBC_SMALL = {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1073741824"}
 NONE_OF_THEM = ["data.packing=false", "train.loss_chunk_size=0", "train.lean_activations=false", "train.cpu_matmul=torch"]
 LEVERS = {
     "llm-tuning (defaults)": ([], {}),
@@ -70,9 +76,16 @@ LEVERS = {
     "llm-tuning, defaults without lean activations": (["train.lean_activations=false"], {}),
     "llm-tuning, defaults without tcmalloc (glibc's malloc, with huge pages)": ([], GLIBC),
     "llm-tuning, defaults without tcmalloc or huge pages": ([], {**GLIBC, **PLAIN_TORCH}),
+    "llm-tuning, defaults on glibc, mmap threshold fixed at 32 MiB, trim at 256 MiB": ([], {**GLIBC, **GLIBC_LARGE}),
+    "llm-tuning, defaults on glibc, mmap threshold fixed at 32 MiB, trim at 256 MiB, no huge pages": (
+        [],
+        {**GLIBC, **GLIBC_LARGE, **PLAIN_TORCH},
+    ),
+    "llm-tuning, defaults on glibc, mmap threshold fixed at 128 KiB (trim at 1 GiB)": ([], {**GLIBC, **GLIBC_SMALL}),
     "llm-tuning, defaults without oneDNN products (train.cpu_matmul=torch)": (["train.cpu_matmul=torch"], {}),
     "llm-tuning, none of them": (NONE_OF_THEM, {**PLAIN_TORCH, **GLIBC}),
     "llm-tuning, defaults + gradient checkpointing": (["train.gradient_checkpointing=true"], {}),
+    "llm-tuning, defaults + train.compile": (["train.compile=true"], {}),
 }
 
 
@@ -201,7 +214,7 @@ def main() -> None:
     if args.scaling is not None or args.scaling_only:
         sections.append(scale(args.scaling or SCALING_LENGTHS, model, work, records, args.precision))
 
-    text = "\n\n".join(sections)
+    text = "\n\n".join([machine_line(), *sections])
     print("\n" + text)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -212,6 +225,7 @@ def main() -> None:
             [
                 "python benchmarks/speed_vs_tutorial.py",
                 *(["--levers"] if args.levers else []),
+                *([f"--steps {args.steps}"] if args.steps != 40 else []),
                 *(f"--only '{only}'" for only in args.only or []),
                 *([f"--repeat {args.repeat}"] if args.repeat > 1 else []),
                 *([scaling] if scaling else []),
@@ -220,6 +234,15 @@ def main() -> None:
             ]
         )
         args.output.write_text(f"Command: `{command}`\n\n{text}\n", encoding="utf-8")
+
+
+def machine_line() -> str:
+    """The CPU as /proc/cpuinfo names it (model name, family, model, vector instruction sets), and any limit on
+    the instruction sets torch's kernels may use (ONEDNN_MAX_CPU_ISA and the like), for the results file."""
+    from llm_tuning.speed.calibration import ISA_LIMITS, cpu_model
+
+    limits = ", ".join(f"{name}={os.environ[name]}" for name in ISA_LIMITS if name in os.environ) or "none"
+    return f"CPU: {cpu_model()}; {os.cpu_count()} cores; instruction-set limits: {limits}"
 
 
 def compare(args, model: str, work: Path, train: Path, heldout: Path) -> str:

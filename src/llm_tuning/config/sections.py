@@ -146,6 +146,12 @@ class TrainConfig:
         "`speed_choices` says which and why; docs/speed.md).",
         choices=("auto", "torch", "onednn"),
     )
+    compile: bool = option(
+        False,
+        "Compile the elementwise work around the matrix products (Llama-family RMSNorms; with lean activations, the gated "
+        "MLP's activation and product) with torch.compile; on a CPU it needs a C++ compiler. The first steps pay the "
+        "compilation, so it pays only on long runs (docs/speed.md).",
+    )
     gradient_checkpointing: bool = option(
         False,
         "Recompute each layer's activations in the backward pass instead of keeping them: less memory, about a third more "

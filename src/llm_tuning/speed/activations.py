@@ -41,21 +41,24 @@ ACTIVATIONS = {
 
 
 class GatedProduct(torch.autograd.Function):
-    """act(gate) * up, keeping only gate and up for backward."""
+    """act(gate) * up, keeping only gate and up for backward. `kernels`, when given, computes the same in fewer
+    passes: (forward(gate, up), backward(grad, gate, up) -> (grad_gate, grad_up)), compiled (speed/compile.py)."""
 
     @staticmethod
-    def forward(ctx, gate, up, activation: str):
+    def forward(ctx, gate, up, activation: str, kernels=None):
         ctx.save_for_backward(gate, up)
-        ctx.activation = activation
-        return ACTIVATIONS[activation][0](gate) * up
+        ctx.activation, ctx.kernels = activation, kernels
+        return kernels[0](gate, up) if kernels else ACTIVATIONS[activation][0](gate) * up
 
     @staticmethod
     def backward(ctx, grad):
         gate, up = ctx.saved_tensors
+        if ctx.kernels:
+            return *ctx.kernels[1](grad, gate, up), None, None
         act, act_backward = ACTIVATIONS[ctx.activation]
         grad_gate = act_backward(grad * up, gate) if ctx.needs_input_grad[0] else None
         grad_up = grad * act(gate) if ctx.needs_input_grad[1] else None
-        return grad_gate, grad_up, None
+        return grad_gate, grad_up, None, None
 
 
 class DropoutLinear(torch.autograd.Function):
@@ -84,15 +87,15 @@ class DropoutLinear(torch.autograd.Function):
         return grad_x, grad_weight, None
 
 
-def gated_mlp_forward(mlp, activation: str, x):
-    return mlp.down_proj(GatedProduct.apply(mlp.gate_proj(x), mlp.up_proj(x), activation))
+def gated_mlp_forward(mlp, activation: str, x, kernels=None):
+    return mlp.down_proj(GatedProduct.apply(mlp.gate_proj(x), mlp.up_proj(x), activation, kernels))
 
 
-def fused_gated_mlp_forward(mlp, x):
+def fused_gated_mlp_forward(mlp, x, kernels=None):
     """The same for a gated MLP whose gate and up come from one projection (ChatGLM's dense_h_to_4h), split in halves."""
     fused, down = (getattr(mlp, name) for name in mlp.fused_gated_layers)
     gate, up = fused(x).chunk(2, dim=-1)
-    return down(GatedProduct.apply(gate, up, mlp.gated_activation))
+    return down(GatedProduct.apply(gate, up, mlp.gated_activation, kernels))
 
 
 def is_fused_gated_mlp(module) -> bool:

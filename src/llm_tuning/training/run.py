@@ -46,6 +46,7 @@ from ..rundir import (
 from ..speed.activations import keep_fewer_activations
 from ..speed.allocator import active_allocator, recorded_allocator
 from ..speed.calibration import choose_cpu_matmul
+from ..speed.compile import compile_elementwise
 from ..speed.cpu_matmul import use_onednn_matmul, use_torch_matmul
 from ..weights import save_trained
 from .callbacks import DivergenceGuard, ProgressBar, StopOnInterrupt, interrupt_requests
@@ -93,6 +94,7 @@ def train_in_group(config: Config, here: World) -> dict:
         check_fits(config, predicted, sharing=1 if _device() == "cuda" else int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     model, epsilon = prepare_model(config, method, resolved_path, tokenizer, adjustments)
     lean = keep_fewer_activations(model) if config.train.lean_activations else []
+    compiled = compile_elementwise(model) if config.train.compile else []
     # which library multiplies is chosen once per run (speed/calibration.py): a resumed run multiplies as it started
     tokens = config.train.batch_size * config.data.max_length
     recorded = record.get("cpu_matmul")
@@ -149,7 +151,11 @@ def train_in_group(config: Config, here: World) -> dict:
         "lean_activations": lean,
         "onednn_linears": onednn_linears,
         "allocator": active_allocator(),
-        "speed_choices": {"cpu_matmul": {k: v for k, v in matmul.items() if k != "seconds"}, "allocator": active_allocator()},
+        "speed_choices": {
+            "cpu_matmul": {k: v for k, v in matmul.items() if k != "seconds"},
+            "allocator": active_allocator(),
+            "compiled": compiled,
+        },
         "estimated_peak_memory_bytes": predicted["total_bytes"],
         "estimated_memory_components": predicted["components"],
         **peak_memory(),
