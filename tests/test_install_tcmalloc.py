@@ -10,6 +10,7 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "install_tcmalloc.sh"
 LIBRARY = "libtcmalloc_minimal.so.4"
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="the script is a bash script")
 
 
 def stand_ins(folder: Path, **scripts: str) -> Path:
@@ -35,7 +36,6 @@ def install(tmp_path: Path, tools: Path) -> subprocess.CompletedProcess:
 NOT_INSTALLED = "exit 0"  # ldconfig -p lists nothing
 
 
-@pytest.mark.skipif(shutil.which("bash") is None, reason="the script is a bash script")
 def test_without_root_the_package_is_unpacked_into_the_virtual_environment(tmp_path):
     tools = stand_ins(
         tmp_path / "bin",
@@ -55,7 +55,6 @@ def test_without_root_the_package_is_unpacked_into_the_virtual_environment(tmp_p
     assert install(tmp_path, tools).stdout.strip() == "tcmalloc: installed"  # a second run finds it
 
 
-@pytest.mark.skipif(shutil.which("bash") is None, reason="the script is a bash script")
 def test_root_installs_with_apt_get_and_a_failure_only_says_so(tmp_path):
     works = stand_ins(tmp_path / "works", id="echo 0", ldconfig=NOT_INSTALLED, **{"apt-get": "exit 0"})
     assert install(tmp_path, works).stdout.strip() == "tcmalloc: installed libtcmalloc-minimal4 with apt-get"
@@ -66,7 +65,6 @@ def test_root_installs_with_apt_get_and_a_failure_only_says_so(tmp_path):
     assert not (tmp_path / "venv").exists()
 
 
-@pytest.mark.skipif(shutil.which("bash") is None, reason="the script is a bash script")
 def test_without_apt_get_it_says_so_and_goes_on(tmp_path):
     tools = stand_ins(tmp_path / "bin", id="echo 1000", ldconfig=NOT_INSTALLED)
     assert install(tmp_path, tools).stdout.strip() == (

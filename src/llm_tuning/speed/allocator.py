@@ -5,6 +5,10 @@ either hands big blocks back to the kernel on free, so each step pays page fault
 where long-lived and short-lived blocks interleave and freed holes go unused. tcmalloc reuses freed spans by
 size: more tokens per second and a lower peak RSS on the speed benchmark, with identical losses (docs/speed.md).
 
+`make install` installs tcmalloc where it can (scripts/install_tcmalloc.sh): system-wide as root, otherwise into the
+virtual environment's lib folder, which find_tcmalloc searches first. glibc's own thresholds were measured and give
+either tcmalloc's speed or its memory, never both (docs/speed.md), so glibc is left as it is.
+
 A process cannot change its allocator once running, so the command re-executes itself, before torch loads, with
 LD_PRELOAD naming the library. LLM_TUNING_ALLOCATOR chooses: `auto` (the default: tcmalloc where found),
 `system` (glibc, no restart), or the path of a malloc library to preload instead (jemalloc, a tcmalloc elsewhere).
