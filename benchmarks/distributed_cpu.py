@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from kill_resume import cpu_name
 from speed_vs_tutorial import COMMON, DATA, HERE, heldout_loss, split_records
 
 BATCH = 4  # rows per optimizer step, divided between the processes
@@ -67,13 +67,6 @@ def table(rows: list[dict]) -> str:
         f"{100 * (many['heldout'] / one['heldout'] - 1):+.2f}%.",
     ]
     return "\n".join(lines)
-
-
-def cpu_name() -> str:
-    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ gradients match the plain path (tests/speed/test_activations.py), while peak mem
 from __future__ import annotations
 
 import inspect
-from functools import partial
+from functools import cache, partial
 
 import torch
 from torch import nn
@@ -132,25 +132,26 @@ def keep_fewer_activations(model) -> list[str]:
     return done + ([f"{dropouts} LoRA dropouts keep a 1-byte mask"] if dropouts else [])
 
 
-_GATED_MLP_CLASSES: dict[type, bool] = {}
+@cache
+def forward_source(cls: type) -> str:
+    """The source of a module class's forward ("" where Python cannot show it), read once per class."""
+    try:
+        return inspect.getsource(cls.forward)
+    except (OSError, TypeError):
+        return ""
 
 
 def is_gated_mlp(module) -> bool:
     """Whether `module` is a gated MLP with the forward GatedProduct rewrites, and an activation it knows."""
     if is_fused_gated_mlp(module):
         return True
-    cls = type(module)
-    if cls not in _GATED_MLP_CLASSES:
-        try:
-            source = (
-                inspect.getsource(cls.forward)
-                if all(hasattr(module, a) for a in ("gate_proj", "up_proj", "down_proj", "act_fn"))
-                else ""
-            )
-        except (OSError, TypeError):
-            source = ""
-        _GATED_MLP_CLASSES[cls] = GATED_MLP_SOURCE in source
-    return _GATED_MLP_CLASSES[cls] and type(module.act_fn).__name__ in ACTIVATIONS and _plain_gelu(module.act_fn)
+    if not all(hasattr(module, a) for a in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+        return False
+    return (
+        GATED_MLP_SOURCE in forward_source(type(module))
+        and type(module.act_fn).__name__ in ACTIVATIONS
+        and _plain_gelu(module.act_fn)
+    )
 
 
 def _plain_gelu(act_fn) -> bool:

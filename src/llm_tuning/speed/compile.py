@@ -14,7 +14,6 @@ steps; what it gives later, and whether it pays, is in docs/speed.md.
 
 from __future__ import annotations
 
-import inspect
 import os
 import shutil
 from functools import cache, partial
@@ -22,7 +21,7 @@ from functools import cache, partial
 import torch
 
 from ..errors import UserError
-from .activations import ACTIVATIONS, fused_gated_mlp_forward, gated_mlp_forward
+from .activations import ACTIVATIONS, forward_source, fused_gated_mlp_forward, gated_mlp_forward
 
 # the lines of transformers' LlamaRMSNorm.forward that rms_norm below computes
 RMS_NORM_LINES = (
@@ -86,18 +85,11 @@ def compile_elementwise(model) -> list[str]:
     return done + ([f"{products} gated products"] if products else [])
 
 
-_RMS_NORM_CLASSES: dict[type, bool] = {}
-
-
 def is_llama_rms_norm(module) -> bool:
-    cls = type(module)
-    if cls not in _RMS_NORM_CLASSES:
-        try:
-            source = inspect.getsource(cls.forward) if hasattr(module, "variance_epsilon") else ""
-        except (OSError, TypeError):
-            source = ""
-        _RMS_NORM_CLASSES[cls] = all(line in source for line in RMS_NORM_LINES)
-    return _RMS_NORM_CLASSES[cls] and "forward" not in module.__dict__
+    if not hasattr(module, "variance_epsilon") or "forward" in module.__dict__:
+        return False
+    source = forward_source(type(module))
+    return all(line in source for line in RMS_NORM_LINES)
 
 
 def require_cpp_compiler() -> None:
