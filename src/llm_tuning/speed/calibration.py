@@ -1,10 +1,14 @@
-"""`train.cpu_matmul: auto` means the fastest library here, measured, not a rule written for one CPU.
+"""`train.cpu_matmul: auto` means the fastest library here, measured on the run's own training step, not on products
+timed alone nor by a rule written for one CPU.
 
-At start-up the frozen layers' own product shapes (forward and input gradient, at the run's tokens per micro-batch,
-capped) are timed with torch's products (MKL on x86) and with oneDNN, interleaved, best of a few rounds; oneDNN is
-chosen only when it is clearly faster. The answer is cached per CPU model, instruction-set limits, torch version,
-thread count, allocator and shapes (files.cache_dir()/speed), so a later run on the same machine measures nothing.
-Which library won, and why, goes into the run summary's `speed_choices`.
+Before training, the start of the run's first micro-batch goes forward and backward through the model as training
+computes it, with torch's products (MKL on x86) and with oneDNN, alternately, best of a few passes after one that
+warms up; oneDNN is chosen only when it is clearly faster. Products timed alone mislead: on an AMD Zen 4 limited to
+AVX2, oneDNN multiplies the step's shapes faster alone and runs the step slower. The passes leave the training as
+they found it (random state, gradients, train/eval mode), so a run that measures computes exactly what a run that
+found the answer cached does. The answer is cached per CPU model, instruction-set limits, torch version, thread
+count, allocator, the model's product shapes and the tokens measured (files.cache_dir()/speed), so a later run on the
+same machine measures nothing. Which library won, and why, goes into the run summary's `speed_choices`.
 """
 
 from __future__ import annotations
@@ -15,24 +19,26 @@ import os
 import platform
 import time
 from collections import Counter
+from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 
 from ..errors import UserError
 from ..files import cache_dir, write_json
 from .allocator import active_allocator
-from .cpu_matmul import is_frozen_cpu_linear, onednn_linear
+from .cpu_matmul import is_frozen_cpu_linear, use_onednn_matmul, use_torch_matmul
 
-ROUNDS = 3
-MAX_ROWS = 512  # enough rows for the kernels' own speed; more only lengthens the start-up
+ROUNDS = 2
+MAX_TOKENS = 1024  # two rows of 384 tokens rank the libraries as four do; more only lengthens the start-up
 MARGIN = 0.97  # oneDNN must take less than 97% of torch's time: ties and noise keep torch's default path
 ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
 
 
-def choose_cpu_matmul(model, setting: str, tokens: int) -> dict:
-    """{"library": "torch" | "onednn", "why": ...} for `train.cpu_matmul` = `setting` on this model and machine."""
+def choose_cpu_matmul(model, setting: str, one_pass: Callable[[], None], tokens: int) -> dict:
+    """{"library": "torch" | "onednn", "why": ...} for `train.cpu_matmul` = `setting` on this model and machine;
+    `one_pass` runs a forward and backward pass of `tokens` tokens as training does."""
     if setting != "auto":
         return {"library": setting, "why": f"train.cpu_matmul={setting}"}
     shapes = Counter(tuple(m.weight.shape) for m in model.modules() if is_frozen_cpu_linear(m))
@@ -40,50 +46,62 @@ def choose_cpu_matmul(model, setting: str, tokens: int) -> dict:
         return {"library": "torch", "why": "no frozen float32 linear layers on the CPU"}
     if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
         return {"library": "torch", "why": f"oneDNN's products are not offered on {platform.machine()}"}
-    rows = max(1, min(tokens, MAX_ROWS))
-    key = machine_key(shapes, rows)
+    key = machine_key(shapes, tokens)
     cache = cache_dir() / "speed" / "cpu_matmul.json"
     known = _read(cache)
     if key in known:
         return {**known[key], "why": known[key]["why"] + " (measured before on this CPU, cached)"}
-    seconds = measure(shapes, rows)
+    started = time.perf_counter()
+    seconds = measure(model, one_pass)
     faster = seconds["onednn"] < MARGIN * seconds["torch"]
     choice = {
         "library": "onednn" if faster else "torch",
-        "why": f"measured on the model's {len(shapes)} product shapes ({rows} rows): oneDNN {seconds['onednn'] * 1e3:.1f} ms, "
-        f"torch {seconds['torch'] * 1e3:.1f} ms per step's worth ({seconds['torch'] / seconds['onednn']:.2f}x)",
+        "why": f"measured on a training pass (forward and backward) of {tokens} tokens of the first batch: oneDNN "
+        f"{seconds['onednn']:.3f} s, torch {seconds['torch']:.3f} s ({seconds['torch'] / seconds['onednn']:.2f}x)",
         "seconds": seconds,
     }
     _write(cache, {**known, key: choice})
-    return choice
+    return {**choice, "why": choice["why"] + f"; measuring took {time.perf_counter() - started:.1f} s"}
 
 
-def measure(shapes: Counter, rows: int) -> dict[str, float]:
-    """Seconds each library takes for every frozen layer's forward and input-gradient product, best of ROUNDS."""
-    generator = torch.Generator().manual_seed(0)
-    best = {"torch": [float("inf")] * len(shapes), "onednn": [float("inf")] * len(shapes)}
-    tensors = []
-    for out_features, in_features in shapes:
-        weight = torch.randn(out_features, in_features, generator=generator)
-        tensors.append(
-            (torch.randn(rows, in_features, generator=generator), weight, torch.randn(rows, out_features, generator=generator))
-        )
-    products = {
-        "torch": lambda x, w, g: (F.linear(x, w), torch.mm(g, w)),
-        "onednn": lambda x, w, g: (onednn_linear(x, w), onednn_linear(g, w.t())),
-    }
-    for _ in range(ROUNDS + 1):  # the first round warms the libraries up (dispatch, oneDNN's kernels)
-        for library, product in products.items():
-            for index, (x, w, g) in enumerate(tensors):
+def measure(model, one_pass: Callable[[], None]) -> dict[str, float]:
+    """Seconds of `one_pass` with each library, the fastest of ROUNDS alternating passes after one that warms up
+    (the allocator's pools, oneDNN's kernels). The model multiplies with torch's products afterwards."""
+    best = {"onednn": float("inf"), "torch": float("inf")}
+    with training_untouched(model):
+        one_pass()
+        for _ in range(ROUNDS):
+            for library in best:
+                use_torch_matmul(model)
+                if library == "onednn":
+                    use_onednn_matmul(model)
                 started = time.perf_counter()
-                product(x, w, g)
-                best[library][index] = min(best[library][index], time.perf_counter() - started)
-    counts = list(shapes.values())
-    return {library: sum(t * n for t, n in zip(times, counts)) for library, times in best.items()}
+                one_pass()
+                best[library] = min(best[library], time.perf_counter() - started)
+        use_torch_matmul(model)
+    return best
 
 
-def machine_key(shapes: Counter, rows: int) -> str:
-    """What the measurement depends on: the CPU and its instruction-set limits, torch, threads, malloc, shapes."""
+@contextmanager
+def training_untouched(model):
+    """Passes inside leave no trace on the training to come: the random state (dropout draws from it), the gradients
+    and the train/eval mode are as before; inside, the model is in training mode, as in a training step."""
+    rng = torch.get_rng_state()
+    was_training = model.training
+    grads = {p: p.grad for p in model.parameters() if p.requires_grad}
+    model.train()
+    try:
+        yield
+    finally:
+        for parameter, grad in grads.items():
+            parameter.grad = grad
+        model.train(was_training)
+        torch.set_rng_state(rng)
+
+
+def machine_key(shapes: Counter, tokens: int) -> str:
+    """What the measurement depends on: the CPU and its instruction-set limits, torch, threads, malloc, the model's
+    product shapes and the tokens measured."""
     parts = {
         "cpu": cpu_model(),
         "limits": {name: os.environ.get(name) for name in ISA_LIMITS},
@@ -91,7 +109,8 @@ def machine_key(shapes: Counter, rows: int) -> str:
         "threads": torch.get_num_threads(),
         "allocator": active_allocator(),
         "shapes": sorted([list(shape), count] for shape, count in shapes.items()),
-        "rows": rows,
+        "tokens": tokens,
+        "measured": "training pass",  # earlier versions timed the products alone: their answers are not reused
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 

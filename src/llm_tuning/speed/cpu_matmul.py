@@ -3,8 +3,8 @@ faster: calibration.py).
 
 torch's x86 wheels multiply fp32 matrices with MKL, which on AMD CPUs runs its generic code path (MKL_VERBOSE names
 "Intel(R) Architecture processors"). oneDNN, which torch also ships and which picks its kernels by instruction set,
-not by vendor, often multiplies the same shapes faster there, but not on every CPU (`python benchmarks/cpu_matmul.py`):
-so `auto` measures which is faster on the model's own shapes (calibration.py). Only frozen fp32
+not by vendor, often multiplies the same shapes faster there, but not on every CPU, and not always inside a training
+step when it does alone: so `auto` measures which makes the run's own training pass faster (calibration.py). Only frozen fp32
 `nn.Linear` layers are switched: their backward is one product, grad @ W, with no weight gradient, so the
 autograd function below is all they need; the chunked loss (loss.py) multiplies a switched LM head the same way
 on tcmalloc or jemalloc.

@@ -45,7 +45,7 @@ from ..rundir import (
 )
 from ..speed.activations import keep_fewer_activations
 from ..speed.allocator import active_allocator, recorded_allocator
-from ..speed.calibration import choose_cpu_matmul
+from ..speed.calibration import MAX_TOKENS, choose_cpu_matmul
 from ..speed.compile import compile_elementwise
 from ..speed.cpu_matmul import use_onednn_matmul, use_torch_matmul
 from ..weights import save_trained
@@ -55,7 +55,7 @@ from .gradient_checkpointing import enable_checkpointing
 from .precision import adam_epsilon, check_precision, set_trainable_dtype
 from .sharding import check_sharding, gathered_state, sharding_of
 from .summary import curves, data_counts, diagnose, training_figures, validation_figures, versions
-from .trainer import build_trainer
+from .trainer import build_trainer, first_batch_pass
 
 
 def train(config: Config | str | Path | dict | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
@@ -95,25 +95,24 @@ def train_in_group(config: Config, here: World) -> dict:
     model, epsilon = prepare_model(config, method, resolved_path, tokenizer, adjustments)
     lean = keep_fewer_activations(model) if config.train.lean_activations else []
     compiled = compile_elementwise(model) if config.train.compile else []
-    # which library multiplies is chosen once per run (speed/calibration.py): a resumed run multiplies as it started
-    tokens = config.train.batch_size * config.data.max_length
-    recorded = record.get("cpu_matmul")
-    matmul = {"library": recorded, "why": f"as when the run started ({RUN_RECORD_FILE})"} if recorded else None
-    if here.is_main:  # the others multiply as the main process chose
-        matmul = matmul or choose_cpu_matmul(model, config.train.cpu_matmul, tokens)
-    matmul = from_main(matmul)
-    onednn_linears = use_onednn_matmul(model) if matmul["library"] == "onednn" else 0
     trainable, total = count_parameters(model)
     if trainable == 0:
         raise UserError(f"method {config.method.name} leaves nothing to train on this model")
     if here.is_main:
         print(trainable_line(trainable, total), flush=True)
+    val_samples = val_data.samples if val_data else None
+    trainer = build_trainer(config, model, tokenizer, data.samples, adjustments, adam_epsilon=epsilon, val_samples=val_samples)
+    # which library multiplies is chosen once per run (speed/calibration.py): a resumed run multiplies as it started
+    recorded = record.get("cpu_matmul")
+    matmul = {"library": recorded, "why": f"as when the run started ({RUN_RECORD_FILE})"} if recorded else None
+    if here.is_main and not matmul:  # the others multiply as the main process chose
+        matmul = choose_cpu_matmul(model, config.train.cpu_matmul, *first_batch_pass(trainer, MAX_TOKENS))
+    matmul = from_main(matmul)
+    onednn_linears = use_onednn_matmul(model) if matmul["library"] == "onednn" else 0
 
     with main_writes() as writer:
         if writer:
             open_run_folder(config, output_dir, resume_from, record, fingerprint, matmul, here.size)
-    val_samples = val_data.samples if val_data else None
-    trainer = build_trainer(config, model, tokenizer, data.samples, adjustments, adam_epsilon=epsilon, val_samples=val_samples)
     guard = DivergenceGuard(model)
     trainer.add_callback(guard)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")

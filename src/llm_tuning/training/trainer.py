@@ -154,6 +154,23 @@ def build_trainer(
     return trainer
 
 
+def first_batch_pass(trainer: LeanTrainer, max_tokens: int):
+    """A forward and backward pass of the first rows of the run's first micro-batch (as many as fit in `max_tokens`,
+    at least one), computed as a training step computes it, and its number of tokens: what speed/calibration.py times."""
+    size = min(trainer.args.per_device_train_batch_size, len(trainer.train_dataset))
+    batch = trainer.data_collator([trainer.train_dataset[index] for index in range(size)])
+    width = batch["input_ids"].shape[1]
+    rows = max(1, min(size, max_tokens // width))
+    batch = {key: value[:rows] for key, value in batch.items()}
+
+    def one_pass():
+        with trainer.accelerator.autocast():  # as train() will wrap the model's forward under fp16 or bf16
+            loss = trainer.compute_loss(trainer.model, dict(batch))
+        loss.backward()
+
+    return one_pass, rows * width
+
+
 @contextmanager
 def adapters_pass_as_trainable(model):
     """Let the Trainer accept a quantized base that carries our bottleneck adapters. Its check (trainer_utils.
