@@ -171,7 +171,7 @@ def test_the_library_chosen_to_multiply_at_the_start_is_kept_on_resume(tiny_llam
     record = json.loads((tmp_path / "run" / "run_record.json").read_text())
     assert record["cpu_matmul"] == first and record["data_sha256"] and "allocator" in record
     other = "torch" if first == "onednn" else "onednn"  # what a measurement in this process would choose now
-    monkeypatch.setattr(run, "choose_cpu_matmul", lambda model, setting, one_pass, tokens: {"library": other, "why": "x"})
+    monkeypatch.setattr(run, "choose_cpu_matmul", lambda *args: {"library": other, "why": "x"})
     config["train"].update(resume=True, max_steps=2)
     resumed = train(config)["speed_choices"]["cpu_matmul"]
     assert resumed == {"library": first, "why": "as when the run started (run_record.json)"}

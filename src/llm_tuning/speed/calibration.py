@@ -31,16 +31,19 @@ from .allocator import active_allocator
 from .cpu_matmul import is_frozen_cpu_linear, use_onednn_matmul, use_torch_matmul
 
 ROUNDS = 2
-MAX_TOKENS = 1024  # two rows of 384 tokens rank the libraries as four do; more only lengthens the start-up
+MAX_TOKENS = 1024  # two rows of 384 tokens rank the libraries as four do (benchmarks/step_matmul.py); more only slows start-up
 MARGIN = 0.97  # oneDNN must take less than 97% of torch's time: ties and noise keep torch's default path
 ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
 
 
-def choose_cpu_matmul(model, setting: str, one_pass: Callable[[], None], tokens: int) -> dict:
+def choose_cpu_matmul(model, setting: str, one_pass: Callable[[], None], tokens: int, cpu_fp32: bool = True) -> dict:
     """{"library": "torch" | "onednn", "why": ...} for `train.cpu_matmul` = `setting` on this model and machine;
-    `one_pass` runs a forward and backward pass of `tokens` tokens as training does."""
+    `one_pass` runs a forward and backward pass of `tokens` tokens as training does; `cpu_fp32`: training computes
+    in fp32 on the CPU (elsewhere oneDNN's products are not used, and nothing is measured)."""
     if setting != "auto":
         return {"library": setting, "why": f"train.cpu_matmul={setting}"}
+    if not cpu_fp32:
+        return {"library": "torch", "why": "training does not compute in fp32 on the CPU"}
     shapes = Counter(tuple(m.weight.shape) for m in model.modules() if is_frozen_cpu_linear(m))
     if not shapes:
         return {"library": "torch", "why": "no frozen float32 linear layers on the CPU"}
@@ -78,25 +81,27 @@ def measure(model, one_pass: Callable[[], None]) -> dict[str, float]:
                 started = time.perf_counter()
                 one_pass()
                 best[library] = min(best[library], time.perf_counter() - started)
-        use_torch_matmul(model)
     return best
 
 
 @contextmanager
 def training_untouched(model):
     """Passes inside leave no trace on the training to come: the random state (dropout draws from it), the gradients
-    and the train/eval mode are as before; inside, the model is in training mode, as in a training step."""
-    rng = torch.get_rng_state()
+    and the train/eval mode are as before, and the model multiplies with torch's products again; inside, it is in
+    training mode, as in a training step."""
     was_training = model.training
     grads = {p: p.grad for p in model.parameters() if p.requires_grad}
+    for parameter in grads:
+        parameter.grad = None  # or the passes' backward would add into the gradients kept
     model.train()
-    try:
-        yield
-    finally:
-        for parameter, grad in grads.items():
-            parameter.grad = grad
-        model.train(was_training)
-        torch.set_rng_state(rng)
+    with torch.random.fork_rng(devices=[]):  # CPU passes: only the CPU generator is drawn from
+        try:
+            yield
+        finally:
+            use_torch_matmul(model)
+            for parameter, grad in grads.items():
+                parameter.grad = grad
+            model.train(was_training)
 
 
 def machine_key(shapes: Counter, tokens: int) -> str:

@@ -94,7 +94,6 @@ def train_in_group(config: Config, here: World) -> dict:
         check_fits(config, predicted, sharing=1 if _device() == "cuda" else int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     model, epsilon = prepare_model(config, method, resolved_path, tokenizer, adjustments)
     lean = keep_fewer_activations(model) if config.train.lean_activations else []
-    compiled = compile_elementwise(model) if config.train.compile else []
     trainable, total = count_parameters(model)
     if trainable == 0:
         raise UserError(f"method {config.method.name} leaves nothing to train on this model")
@@ -106,9 +105,11 @@ def train_in_group(config: Config, here: World) -> dict:
     recorded = record.get("cpu_matmul")
     matmul = {"library": recorded, "why": f"as when the run started ({RUN_RECORD_FILE})"} if recorded else None
     if here.is_main and not matmul:  # the others multiply as the main process chose
-        matmul = choose_cpu_matmul(model, config.train.cpu_matmul, *first_batch_pass(trainer, MAX_TOKENS))
+        cpu_fp32 = trainer.args.device.type == "cpu" and config.train.precision == "fp32"  # FSDP/ZeRO move it later
+        matmul = choose_cpu_matmul(model, config.train.cpu_matmul, *first_batch_pass(trainer, MAX_TOKENS), cpu_fp32)
     matmul = from_main(matmul)
     onednn_linears = use_onednn_matmul(model) if matmul["library"] == "onednn" else 0
+    compiled = compile_elementwise(model) if config.train.compile else []  # after the passes: training compiles alone
 
     with main_writes() as writer:
         if writer:

@@ -164,9 +164,7 @@ def first_batch_pass(trainer: LeanTrainer, max_tokens: int):
     batch = {key: value[:rows] for key, value in batch.items()}
 
     def one_pass():
-        with trainer.accelerator.autocast():  # as train() will wrap the model's forward under fp16 or bf16
-            loss = trainer.compute_loss(trainer.model, dict(batch))
-        loss.backward()
+        trainer.compute_loss(trainer.model, dict(batch)).backward()
 
     return one_pass, rows * width
 

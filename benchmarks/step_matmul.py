@@ -1,0 +1,95 @@
+"""Which library makes the speed benchmark's training pass faster, timed as `train.cpu_matmul=auto` times it
+(speed/calibration.py): forward and backward of the first rows of the first micro-batch through the Trainer's own
+loss, torch's products (MKL) and oneDNN alternating, after a pass that warms up. Each row of the table is a number
+of rows of that micro-batch; `auto` measures the rows that fit in calibration.MAX_TOKENS.
+
+    python benchmarks/step_matmul.py [--rounds 3] [--output FILE]
+
+The same work as benchmarks/speed_vs_tutorial.py (SmolLM2-135M, LoRA r8 on q,v, max length 384, micro-batch 4,
+fp32, on tcmalloc where installed). benchmarks/cpu_matmul.py times the same products alone, which can rank the
+libraries the other way round. Skips (exit 0) when ../shared/data is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from speed_vs_tutorial import COMMON, DATA, machine_line, split_records
+
+MAX_LENGTH, BATCH = 384, 4
+
+
+def time_passes(rounds: int) -> list[dict]:
+    """One llm-tuning run of a single step whose library choice is replaced by timing passes of 1 to BATCH rows."""
+    from llm_tuning.speed import calibration
+    from llm_tuning.training import run as training
+
+    work = Path(tempfile.mkdtemp(prefix="llm-tuning-step-matmul-"))
+    train, _ = split_records(json.loads(DATA.read_text(encoding="utf-8")), work)
+    trainers, rows = [], []
+    build_trainer = training.build_trainer
+
+    def keep_trainer(*args, **kwargs):
+        trainers.append(build_trainer(*args, **kwargs))
+        return trainers[-1]
+
+    def timed_choice(model, setting, one_pass, tokens):
+        for count in range(1, BATCH + 1):
+            one_pass, tokens = training.first_batch_pass(trainers[-1], count * MAX_LENGTH)
+            seconds = [calibration.measure(model, one_pass) for _ in range(rounds)]
+            best = {library: min(s[library] for s in seconds) for library in ("torch", "onednn")}
+            rows.append({"rows": count, "tokens": tokens, **best})
+            print(f"  {count} row(s): torch {best['torch']:.3f} s, oneDNN {best['onednn']:.3f} s", file=sys.stderr, flush=True)
+        return {"library": "torch", "why": "benchmarks/step_matmul.py"}
+
+    training.build_trainer, training.choose_cpu_matmul = keep_trainer, timed_choice
+    overrides = [*COMMON, f"data.path={train}", f"train.output_dir={work / 'run'}", f"data.max_length={MAX_LENGTH}"]
+    training.train({}, [*overrides, f"train.batch_size={BATCH}", "train.max_steps=1"])
+    return rows
+
+
+def table(rows: list[dict], rounds: int) -> str:
+    from llm_tuning.speed.calibration import MARGIN, MAX_TOKENS
+
+    lines = [
+        f"Seconds per training pass (forward and backward), best of {rounds} x 2 alternating passes per library:",
+        "",
+        "| rows x 384 tokens | torch (MKL) | oneDNN | oneDNN's speed vs torch's | `auto` would choose |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    for row in rows:
+        chosen = "oneDNN" if row["onednn"] < MARGIN * row["torch"] else "torch"
+        measured = " (what `auto` measures)" if row["tokens"] <= MAX_TOKENS < row["tokens"] + MAX_LENGTH else ""
+        lines.append(
+            f"| {row['rows']} ({row['tokens']} tokens){measured} | {row['torch']:.3f} | {row['onednn']:.3f} | "
+            f"{row['torch'] / row['onednn']:.2f}x | {chosen} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="calls of the calibration's measurement per row count")
+    parser.add_argument("--output", type=Path, help="also write the table (markdown) here")
+    args = parser.parse_args()
+    if not DATA.is_file():
+        print(f"skipped: {DATA} not found")
+        return
+
+    from llm_tuning.speed.allocator import restart_with_preferred_allocator
+
+    restart_with_preferred_allocator()  # on tcmalloc where installed, as the llm-tuning command trains
+    text = "\n\n".join([machine_line(), table(time_passes(args.rounds), args.rounds)])
+    print("\n" + text)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        command = f"python benchmarks/step_matmul.py{f' --rounds {args.rounds}' if args.rounds != 3 else ''}"
+        args.output.write_text(f"Command: `{command}`\n\n{text}\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
