@@ -1,7 +1,6 @@
 """`train.cpu_matmul: auto` picks the library measured faster on the run's own training pass, says why, measures
 once per machine, and leaves the training exactly as it would have been without measuring."""
 
-import platform
 import time
 
 import pytest
@@ -14,8 +13,7 @@ from llm_tuning.speed import calibration
 from llm_tuning.speed.cpu_matmul import is_frozen_cpu_linear, uses_onednn
 
 needs_onednn = pytest.mark.skipif(
-    not torch.backends.mkldnn.is_available() or platform.machine().lower() not in ("x86_64", "amd64"),
-    reason="auto measures oneDNN only where torch offers it on x86",
+    not calibration.onednn_offered(), reason="auto measures oneDNN only where torch offers it on x86"
 )
 
 

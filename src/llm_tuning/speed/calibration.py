@@ -47,7 +47,7 @@ def choose_cpu_matmul(model, setting: str, one_pass: Callable[[], None], tokens:
     shapes = Counter(tuple(m.weight.shape) for m in model.modules() if is_frozen_cpu_linear(m))
     if not shapes:
         return {"library": "torch", "why": "no frozen float32 linear layers on the CPU"}
-    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
+    if not onednn_offered():
         return {"library": "torch", "why": f"oneDNN's products are not offered on {platform.machine()}"}
     key = machine_key(shapes, tokens)
     cache = cache_dir() / "speed" / "cpu_matmul.json"
@@ -65,6 +65,11 @@ def choose_cpu_matmul(model, setting: str, one_pass: Callable[[], None], tokens:
     }
     _write(cache, {**known, key: choice})
     return {**choice, "why": choice["why"] + f"; measuring took {time.perf_counter() - started:.1f} s"}
+
+
+def onednn_offered() -> bool:
+    """Whether `auto` may choose oneDNN here: torch ships it, and the CPU is x86."""
+    return platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
 
 
 def measure(model, one_pass: Callable[[], None]) -> dict[str, float]:
