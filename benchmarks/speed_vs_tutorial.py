@@ -59,7 +59,8 @@ COMMON = [
 ]
 # label: (overrides, environment); the defaults pack rows (with per-sample attention), compute the loss in chunks,
 # keep lean activations, run on tcmalloc where installed (allocator.py; on glibc they put large blocks on transparent
-# huge pages instead: THP_MEM_ALLOC_ENABLE) and, on x86 CPUs not made by Intel, multiply frozen layers with oneDNN
+# huge pages instead: THP_MEM_ALLOC_ENABLE) and multiply frozen layers and the LM head with the libraries measured
+# fastest at start-up (train.cpu_matmul=auto)
 PRECISIONS = {"fp32": [], "bf16": ["model.dtype=bfloat16", "train.precision=bf16"]}  # llm-tuning's overrides for each
 PLAIN_TORCH = {"THP_MEM_ALLOC_ENABLE": "0"}  # torch's default, whatever this process inherited from importing llm_tuning
 GLIBC = {"LLM_TUNING_ALLOCATOR": "system"}
@@ -148,7 +149,7 @@ def run_llm_tuning(
         "final_loss": summary["loss_history"][-1]["loss"],
         "adapter": out,
         "malloc": summary["allocator"],
-        "onednn": summary["onednn_linears"] > 0,
+        "products": {part: summary["speed_choices"]["cpu_matmul"][part] for part in ("layers", "head")},
     }
 
 
@@ -340,7 +341,10 @@ def comparison_table(rows) -> str:
 
 def libraries(result: dict) -> str:
     """Which malloc and which matrix products a run used; the tutorial's are glibc's and torch's."""
-    return f"{result.get('malloc', 'glibc')}, {'oneDNN' if result.get('onednn') else 'torch'}"
+    products = result.get("products", {"layers": "torch", "head": "torch"})
+    if products["layers"] == products["head"]:
+        return f"{result.get('malloc', 'glibc')}, {products['layers']}"
+    return f"{result.get('malloc', 'glibc')}, layers {products['layers']}, head {products['head']}"
 
 
 def scaling_table(scaling) -> str:

@@ -1,7 +1,8 @@
 """Which library makes the speed benchmark's training pass faster, timed as `train.cpu_matmul=auto` times it
 (speed/calibration.py): forward and backward of the first rows of the first micro-batch through the Trainer's own
-loss, torch's products (MKL) and oneDNN alternating, after a pass that warms up. Each row of the table is a number
-of rows of that micro-batch; `auto` measures the rows that fit in calibration.MAX_TOKENS.
+loss, each combination of torch's products (MKL) and oneDNN's for the layers and the LM head alternating, after a
+pass that warms up. Each row of the table is a number of rows of that micro-batch; `auto` measures the rows that
+fit in calibration.MAX_TOKENS.
 
     python benchmarks/step_matmul.py [--rounds 3] [--output FILE]
 
@@ -26,6 +27,7 @@ MAX_LENGTH, BATCH = 384, 4
 def time_passes(rounds: int) -> list[dict]:
     """One llm-tuning run of a single step whose library choice is replaced by timing passes of 1 to BATCH rows."""
     from llm_tuning.speed import calibration
+    from llm_tuning.speed.cpu_matmul import everywhere
     from llm_tuning.training import run as training
 
     work = Path(tempfile.mkdtemp(prefix="llm-tuning-step-matmul-"))
@@ -41,10 +43,10 @@ def time_passes(rounds: int) -> list[dict]:
         for count in range(1, BATCH + 1):
             one_pass, tokens = training.first_batch_pass(trainers[-1], count * MAX_LENGTH)
             seconds = [calibration.measure(model, one_pass) for _ in range(rounds)]
-            best = {library: min(s[library] for s in seconds) for library in ("torch", "onednn")}
-            rows.append({"rows": count, "tokens": tokens, **best})
-            print(f"  {count} row(s): torch {best['torch']:.3f} s, oneDNN {best['onednn']:.3f} s", file=sys.stderr, flush=True)
-        return {"library": "torch", "why": "benchmarks/step_matmul.py"}
+            best = {name: min(s[name] for s in seconds) for name in seconds[0]}
+            rows.append({"rows": count, "tokens": tokens, "seconds": best})
+            print(f"  {count} row(s): {best}", file=sys.stderr, flush=True)
+        return {**everywhere("torch"), "why": "benchmarks/step_matmul.py"}
 
     training.build_trainer, training.choose_cpu_matmul = keep_trainer, timed_choice
     overrides = [*COMMON, f"data.path={train}", f"train.output_dir={work / 'run'}", f"data.max_length={MAX_LENGTH}"]
@@ -53,21 +55,20 @@ def time_passes(rounds: int) -> list[dict]:
 
 
 def table(rows: list[dict], rounds: int) -> str:
-    from llm_tuning.speed.calibration import MARGIN, MAX_TOKENS
+    from llm_tuning.speed.calibration import MAX_TOKENS, ROUNDS, fastest
 
+    names = list(rows[0]["seconds"])
     lines = [
-        f"Seconds per training pass (forward and backward), best of {rounds} x 2 alternating passes per library:",
+        f"Seconds per training pass (forward and backward), best of {rounds} x {ROUNDS} alternating passes per "
+        "combination of libraries for the layers and the LM head (torch: MKL):",
         "",
-        "| rows x 384 tokens | torch (MKL) | oneDNN | oneDNN's speed vs torch's | `auto` would choose |",
-        "| --- | ---: | ---: | ---: | --- |",
+        f"| rows x 384 tokens | {' | '.join(names)} | `auto` would choose |",
+        f"| --- |{' ---: |' * len(names)} --- |",
     ]
     for row in rows:
-        chosen = "oneDNN" if row["onednn"] < MARGIN * row["torch"] else "torch"
         measured = " (what `auto` measures)" if row["tokens"] <= MAX_TOKENS < row["tokens"] + MAX_LENGTH else ""
-        lines.append(
-            f"| {row['rows']} ({row['tokens']} tokens){measured} | {row['torch']:.3f} | {row['onednn']:.3f} | "
-            f"{row['torch'] / row['onednn']:.2f}x | {chosen} |"
-        )
+        timings = " | ".join(f"{row['seconds'][name]:.3f}" for name in names)
+        lines.append(f"| {row['rows']} ({row['tokens']} tokens){measured} | {timings} | {fastest(row['seconds'])} |")
     return "\n".join(lines)
 
 

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from helpers import lora_model, run_config, torch_equal
 from llm_tuning import train
 from llm_tuning.speed import calibration
-from llm_tuning.speed.cpu_matmul import is_frozen_cpu_linear, uses_onednn
+from llm_tuning.speed.cpu_matmul import PARTS, everywhere, frozen_linears, uses_onednn
 
 needs_onednn = pytest.mark.skipif(
     not calibration.onednn_offered(), reason="auto measures oneDNN only where torch offers it on x86"
@@ -23,12 +23,13 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "speed" / "cpu_matmul.json"
 
 
-def timed(monkeypatch, seconds: dict) -> list:
+def timed(monkeypatch, faster: dict) -> list:
+    """measure() replaced: 1 s for every configuration but those in `faster` (label: seconds)."""
     calls = []
 
-    def fake_measure(model, one_pass):
+    def fake_measure(model, one_pass, parts):
         calls.append(one_pass)
-        return seconds
+        return {**dict.fromkeys(calibration.configurations(parts), 1.0), **faster}
 
     monkeypatch.setattr(calibration, "measure", fake_measure)
     return calls
@@ -38,21 +39,32 @@ def no_pass():
     raise AssertionError("the pass runs only inside measure")
 
 
-@pytest.mark.parametrize("onednn, library", [(0.5, "onednn"), (0.99, "torch"), (1.5, "torch")])
-def test_auto_takes_the_library_measured_faster(tiny_llama, cache, monkeypatch, onednn, library):
-    calls = timed(monkeypatch, {"torch": 1.0, "onednn": onednn})
+@pytest.mark.parametrize(
+    "faster, chosen",
+    [
+        ({"layers onednn, head onednn": 0.5, "layers torch, head onednn": 0.7}, everywhere("onednn")),
+        ({"layers torch, head onednn": 0.9, "layers onednn, head onednn": 0.95}, {"layers": "torch", "head": "onednn"}),
+        ({"layers onednn, head torch": 0.8, "layers onednn, head onednn": 1.2}, {"layers": "onednn", "head": "torch"}),
+        ({"layers onednn, head onednn": 0.99}, everywhere("torch")),  # within the margin: torch's products stay
+        ({"layers onednn, head onednn": 1.5}, everywhere("torch")),
+    ],
+)
+def test_auto_takes_the_combination_measured_fastest(tiny_llama, cache, monkeypatch, faster, chosen):
+    calls = timed(monkeypatch, faster)
     choice = calibration.choose_cpu_matmul(lora_model(tiny_llama), "auto", no_pass, 256)
-    assert choice["library"] == library and calls == [no_pass]
-    assert "oneDNN" in choice["why"] and "torch" in choice["why"] and "256 tokens" in choice["why"]
+    assert {part: choice[part] for part in PARTS} == chosen and calls == [no_pass]
+    assert all(f"{name} " in choice["why"] for name in calibration.configurations(PARTS)) and "256 tokens" in choice["why"]
 
 
 def test_measured_once_per_machine(tiny_llama, cache, monkeypatch):
-    calls = timed(monkeypatch, {"torch": 1.0, "onednn": 0.5})
+    calls = timed(monkeypatch, {"layers torch, head onednn": 0.5})
     model = lora_model(tiny_llama)
     first = calibration.choose_cpu_matmul(model, "auto", no_pass, 64)
     again = calibration.choose_cpu_matmul(model, "auto", no_pass, 64)
-    assert len(calls) == 1 and again["library"] == first["library"]
+    assert len(calls) == 1 and again["layers"] == first["layers"] == "torch" and again["head"] == first["head"] == "onednn"
     assert again["why"].endswith("(measured before on this CPU, cached)") and "measuring took" not in again["why"]
+    calibration.choose_cpu_matmul(model, "auto", no_pass, 50)  # about as many tokens (unpacked widths vary): cached
+    assert len(calls) == 1
     threads = torch.get_num_threads()
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads + 1)  # another thread count: measured again
     calibration.choose_cpu_matmul(model, "auto", no_pass, 64)
@@ -61,35 +73,40 @@ def test_measured_once_per_machine(tiny_llama, cache, monkeypatch):
 
 
 def test_a_setting_is_obeyed_without_measuring(tiny_llama, cache, monkeypatch):
-    calls = timed(monkeypatch, {"torch": 1.0, "onednn": 0.5})
+    calls = timed(monkeypatch, {"layers onednn, head onednn": 0.5})
     assert calibration.choose_cpu_matmul(lora_model(tiny_llama), "auto", no_pass, 64, cpu_fp32=False) == {
-        "library": "torch",
+        **everywhere("torch"),
         "why": "training does not compute in fp32 on the CPU",
     }
     for setting in ("torch", "onednn"):
         assert calibration.choose_cpu_matmul(lora_model(tiny_llama), setting, no_pass, 64) == {
-            "library": setting,
+            **everywhere(setting),
             "why": f"train.cpu_matmul={setting}",
         }
     assert not calls
 
 
-@needs_onednn
-@pytest.mark.parametrize("slow", ["onednn", "torch"])
-def test_the_passes_time_each_library_and_the_faster_wins(tiny_llama, cache, slow):
-    model = lora_model(tiny_llama)
-    layer = next(m for m in model.modules() if is_frozen_cpu_linear(m))
-    libraries = []
+OTHER = {"torch": "onednn", "onednn": "torch"}
 
-    def one_pass():  # as slow as the model's products make it: here, a pause under one of the libraries
-        library = "onednn" if uses_onednn(layer) else "torch"
-        libraries.append(library)
-        time.sleep(0.05 if library == slow else 0.0)
+
+@needs_onednn
+@pytest.mark.parametrize("slow_layers, slow_head", [("onednn", "onednn"), ("torch", "onednn"), ("onednn", "torch")])
+def test_the_passes_time_each_combination_and_the_fastest_wins(tiny_llama, cache, slow_layers, slow_head):
+    model = lora_model(tiny_llama)
+    parts = frozen_linears(model)
+    layer, (head,) = parts["layers"][0], parts["head"]
+    seen = []
+
+    def one_pass():  # as slow as the model's products make it: here, a pause under one library for each part
+        libraries = tuple("onednn" if uses_onednn(linear) else "torch" for linear in (layer, head))
+        seen.append(libraries)
+        time.sleep(0.06 * (libraries[0] == slow_layers) + 0.03 * (libraries[1] == slow_head))
 
     choice = calibration.choose_cpu_matmul(model, "auto", one_pass, 64)
-    assert choice["library"] == ("torch" if slow == "onednn" else "onednn")
-    assert sorted(libraries) == ["onednn"] * calibration.ROUNDS + ["torch"] * (calibration.ROUNDS + 1)  # + warm-up
-    assert not uses_onednn(layer)  # back on torch's products: the caller switches to the chosen one
+    assert (choice["layers"], choice["head"]) == (OTHER[slow_layers], OTHER[slow_head])
+    combinations = [(layers, head) for layers in ("torch", "onednn") for head in ("torch", "onednn")]
+    assert sorted(seen) == sorted(combinations * calibration.ROUNDS + [("torch", "torch")])  # + the warm-up
+    assert not uses_onednn(layer) and not uses_onednn(head)  # back on torch's: the caller switches to the chosen ones
 
 
 def test_the_passes_leave_random_state_gradients_and_mode_as_they_were(tiny_llama):
@@ -113,22 +130,25 @@ def test_the_passes_leave_random_state_gradients_and_mode_as_they_were(tiny_llam
 
 
 @needs_onednn
-def test_a_run_that_measures_trains_exactly_as_one_told_the_answer(tiny_llama, records_path, tmp_path, cache):
-    def run(name: str, cpu_matmul: str) -> dict:
+def test_a_run_that_measures_trains_exactly_as_one_that_finds_the_answer_cached(tiny_llama, records_path, tmp_path, cache):
+    def run(name: str) -> dict:
         config = run_config(
             tiny_llama,
             records_path,
             tmp_path / name,
             method={"lora_dropout": 0.1},  # dropout draws from the random state the passes must leave untouched
-            train={"max_steps": 3, "logging_steps": 1, "cpu_matmul": cpu_matmul},
+            train={"max_steps": 3, "logging_steps": 1},
         )
         return train(config)
 
-    measured = run("measured", "auto")
+    measured = run("measured")
     chosen = measured["speed_choices"]["cpu_matmul"]
     assert "measuring took" in chosen["why"]
-    told = run("told", chosen["library"])
+    told = run("told")
+    assert told["speed_choices"]["cpu_matmul"]["why"].endswith("(measured before on this CPU, cached)")
+    assert all(told["speed_choices"]["cpu_matmul"][part] == chosen[part] for part in PARTS)
     assert [e["loss"] for e in measured["loss_history"]] == [e["loss"] for e in told["loss_history"]]
     trained, again = (load_file(tmp_path / name / "adapter_model.safetensors") for name in ("measured", "told"))
     assert all(torch_equal(trained[name], again[name]) for name in trained)
-    assert measured["onednn_linears"] > 0 if chosen["library"] == "onednn" else measured["onednn_linears"] == 0
+    switched = {"layers": 2 * 7, "head": 1}  # tiny_llama: 2 layers of 7 frozen projections, and the LM head
+    assert measured["onednn_linears"] == sum(switched[part] for part in PARTS if chosen[part] == "onednn")

@@ -13,6 +13,7 @@ from helpers import run_config, torch_equal
 from llm_tuning import train
 from llm_tuning.errors import UserError
 from llm_tuning.files import MANIFEST_FILE, manifest_problem, write_manifest
+from llm_tuning.speed.cpu_matmul import PARTS, everywhere
 from llm_tuning.training import run
 from llm_tuning.training.checkpoints import SeededLengthGroupedSampler, pickle_problem, rotate_checkpoints
 
@@ -165,16 +166,31 @@ def test_changed_data_is_refused(tiny_llama, records_path, tmp_path):
         train(config)
 
 
-def test_the_library_chosen_to_multiply_at_the_start_is_kept_on_resume(tiny_llama, records_path, tmp_path, monkeypatch):
+def test_the_libraries_chosen_to_multiply_at_the_start_are_kept_on_resume(tiny_llama, records_path, tmp_path, monkeypatch):
     config = run_config(tiny_llama, records_path, tmp_path / "run", train={"max_steps": 1, "save_steps": 1})
-    first = train(config)["speed_choices"]["cpu_matmul"]["library"]
+    chosen = train(config)["speed_choices"]["cpu_matmul"]
+    first = {part: chosen[part] for part in PARTS}
     record = json.loads((tmp_path / "run" / "run_record.json").read_text())
     assert record["cpu_matmul"] == first and record["data_sha256"] and "allocator" in record
-    other = "torch" if first == "onednn" else "onednn"  # what a measurement in this process would choose now
-    monkeypatch.setattr(run, "choose_cpu_matmul", lambda *args: {"library": other, "why": "x"})
+    other = {part: "torch" if library == "onednn" else "onednn" for part, library in first.items()}
+    monkeypatch.setattr(run, "choose_cpu_matmul", lambda *args: {**other, "why": "x"})  # what measuring would choose now
     config["train"].update(resume=True, max_steps=2)
     resumed = train(config)["speed_choices"]["cpu_matmul"]
-    assert resumed == {"library": first, "why": "as when the run started (run_record.json)"}
+    assert resumed == {**first, "why": "as when the run started (run_record.json)"}
+
+
+def test_a_run_recorded_with_one_library_resumes_with_it_for_every_part(tiny_llama, records_path, tmp_path, monkeypatch):
+    config = run_config(tiny_llama, records_path, tmp_path / "run", train={"max_steps": 1, "save_steps": 1})
+    train(config)
+    path = tmp_path / "run" / "run_record.json"
+    path.write_text(
+        json.dumps({**json.loads(path.read_text()), "cpu_matmul": "onednn"})
+    )  # as runs recorded before the head was chosen apart
+    monkeypatch.setattr(run, "choose_cpu_matmul", lambda *args: {**everywhere("torch"), "why": "x"})
+    config["train"].update(resume=True, max_steps=2)
+    resumed = train(config)
+    assert resumed["speed_choices"]["cpu_matmul"] == {**everywhere("onednn"), "why": "as when the run started (run_record.json)"}
+    assert resumed["onednn_linears"] == 2 * 7 + 1
 
 
 def test_resumed_at_its_last_step_in_the_middle_of_an_epoch_it_trains_no_more(tiny_llama, many_records_path, tmp_path):

@@ -63,16 +63,16 @@ class GatedProduct(torch.autograd.Function):
 
 class DropoutLinear(torch.autograd.Function):
     """linear(dropout(x, p), weight), keeping x and a 1-byte mask for backward. The mask is drawn as torch's CPU
-    dropout draws it (bernoulli_(1 - p) on a tensor like x, then divided by 1 - p), so the same seed gives the
-    same mask."""
+    dropout draws it (bernoulli_(1 - p), then divided by 1 - p), so the same seed gives the same mask. It is drawn
+    straight into bytes: bernoulli_ draws the same numbers whatever the tensor's dtype, and this skips writing a
+    float mask and converting it."""
 
     @staticmethod
     def forward(ctx, x, weight, p: float):
-        noise = torch.empty_like(x).bernoulli_(1 - p)
-        kept = noise.bool()
+        kept = torch.empty_like(x, dtype=torch.bool).bernoulli_(1 - p)
         ctx.save_for_backward(x, kept, weight)
         ctx.p = p
-        return F.linear(x * noise.div_(1 - p), weight)
+        return F.linear(x * kept.to(x.dtype).div_(1 - p), weight)
 
     @staticmethod
     def backward(ctx, grad):

@@ -2,13 +2,15 @@
 timed alone nor by a rule written for one CPU.
 
 Before training, the start of the run's first micro-batch goes forward and backward through the model as training
-computes it, with torch's products (MKL on x86) and with oneDNN, alternately, best of a few passes after one that
-warms up; oneDNN is chosen only when it is clearly faster. Products timed alone mislead: on an AMD Zen 4 limited to
-AVX2, oneDNN multiplies the step's shapes faster alone and runs the step slower. The passes leave the training as
-they found it (random state, gradients, train/eval mode), so a run that measures computes exactly what a run that
-found the answer cached does. The answer is cached per CPU model, instruction-set limits, torch version, thread
-count, allocator, the model's product shapes and the tokens measured (files.cache_dir()/speed), so a later run on the
-same machine measures nothing. Which library won, and why, goes into the run summary's `speed_choices`.
+computes it, alternately with each library, torch's products (MKL on x86) or oneDNN's, on each of two parts: the
+model's layers and its LM head; best of a few passes after one that warms up. The fastest combination is chosen only
+when it is clearly faster than torch's products throughout. Products timed alone mislead: on an AMD Zen 4 limited to
+AVX2, oneDNN multiplies the layers' shapes faster alone and runs the step slower; there its LM head is still faster
+on oneDNN, inside the step too. The passes leave the training as they found it (random state, gradients, train/eval
+mode), so a run that measures computes exactly what a run that found the answer cached does. The answer is cached
+per CPU model, instruction-set limits, torch version, thread count, allocator, the model's product shapes and the
+tokens measured, to the next power of two (files.cache_dir()/speed), so a later run on the same machine measures
+nothing. Which libraries won, and why, goes into the run summary's `speed_choices`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 from ..errors import UserError
 from ..files import cache_dir, write_json
 from .allocator import active_allocator
-from .cpu_matmul import is_frozen_cpu_linear, use_onednn_matmul, use_torch_matmul
+from .cpu_matmul import PARTS, everywhere, frozen_linears, use_onednn_matmul, use_torch_matmul
 
 ROUNDS = 2
 MAX_TOKENS = 1024  # two rows of 384 tokens rank the libraries as four do (benchmarks/step_matmul.py); more only slows start-up
@@ -37,30 +39,30 @@ ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTI
 
 
 def choose_cpu_matmul(model, setting: str, one_pass: Callable[[], None], tokens: int, cpu_fp32: bool = True) -> dict:
-    """{"library": "torch" | "onednn", "why": ...} for `train.cpu_matmul` = `setting` on this model and machine;
+    """{"layers": library, "head": library, "why": ...}: which library ("torch" or "onednn") multiplies the model's
+    frozen linear layers, and which its LM head, for `train.cpu_matmul` = `setting` on this model and machine;
     `one_pass` runs a forward and backward pass of `tokens` tokens as training does; `cpu_fp32`: training computes
     in fp32 on the CPU (elsewhere oneDNN's products are not used, and nothing is measured)."""
     if setting != "auto":
-        return {"library": setting, "why": f"train.cpu_matmul={setting}"}
+        return {**everywhere(setting), "why": f"train.cpu_matmul={setting}"}
     if not cpu_fp32:
-        return {"library": "torch", "why": "training does not compute in fp32 on the CPU"}
-    shapes = Counter(tuple(m.weight.shape) for m in model.modules() if is_frozen_cpu_linear(m))
-    if not shapes:
-        return {"library": "torch", "why": "no frozen float32 linear layers on the CPU"}
+        return {**everywhere("torch"), "why": "training does not compute in fp32 on the CPU"}
+    parts = frozen_linears(model)
+    if not parts:
+        return {**everywhere("torch"), "why": "no frozen float32 linear layers on the CPU"}
     if not onednn_offered():
-        return {"library": "torch", "why": f"oneDNN's products are not offered on {platform.machine()}"}
-    key = machine_key(shapes, tokens)
+        return {**everywhere("torch"), "why": f"oneDNN's products are not offered on {platform.machine()}"}
+    key = machine_key(Counter(tuple(m.weight.shape) for found in parts.values() for m in found), tokens)
     cache = cache_dir() / "speed" / "cpu_matmul.json"
     known = _read(cache)
     if key in known:
         return {**known[key], "why": known[key]["why"] + " (measured before on this CPU, cached)"}
     started = time.perf_counter()
-    seconds = measure(model, one_pass)
-    faster = seconds["onednn"] < MARGIN * seconds["torch"]
+    seconds = measure(model, one_pass, tuple(parts))
+    timings = ", ".join(f"{name} {value:.3f} s" for name, value in seconds.items())
     choice = {
-        "library": "onednn" if faster else "torch",
-        "why": f"measured on a training pass (forward and backward) of {tokens} tokens of the first batch: oneDNN "
-        f"{seconds['onednn']:.3f} s, torch {seconds['torch']:.3f} s ({seconds['torch'] / seconds['onednn']:.2f}x)",
+        **configurations(tuple(parts))[fastest(seconds)],
+        "why": f"measured on a training pass (forward and backward) of {tokens} tokens of the first batch: {timings}",
         "seconds": seconds,
     }
     _write(cache, {**known, key: choice})
@@ -72,20 +74,40 @@ def onednn_offered() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
 
 
-def measure(model, one_pass: Callable[[], None]) -> dict[str, float]:
-    """Seconds of `one_pass` with each library, the fastest of ROUNDS alternating passes after one that warms up
-    (the allocator's pools, oneDNN's kernels). The model multiplies with torch's products afterwards."""
-    best = {"onednn": float("inf"), "torch": float("inf")}
+def configurations(parts: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """Every assignment of a library to each of `parts` (the others keep torch's), by label."""
+    found = [everywhere("torch")]
+    for part in parts:
+        found = [{**config, part: library} for config in found for library in ("torch", "onednn")]
+    return {label(config): config for config in found}
+
+
+def fastest(seconds: dict[str, float]) -> str:
+    """The label of the fastest configuration, if clearly faster than torch's products everywhere; else that one's."""
+    plain = label(everywhere("torch"))
+    best = min(seconds, key=seconds.get)
+    return best if seconds[best] < MARGIN * seconds[plain] else plain
+
+
+def label(config: dict[str, str]) -> str:
+    return ", ".join(f"{part} {library}" for part, library in config.items())
+
+
+def measure(model, one_pass: Callable[[], None], parts: tuple[str, ...] = PARTS) -> dict[str, float]:
+    """Seconds of `one_pass` in each configuration of `parts`, by label: the fastest of ROUNDS rounds that alternate
+    them, after one pass that warms up (the allocator's pools, oneDNN's kernels). The model multiplies with torch's
+    products afterwards."""
+    candidates = configurations(parts)
+    best = dict.fromkeys(candidates, float("inf"))
     with training_untouched(model):
         one_pass()
         for _ in range(ROUNDS):
-            for library in best:
+            for name, config in candidates.items():
                 use_torch_matmul(model)
-                if library == "onednn":
-                    use_onednn_matmul(model)
+                use_onednn_matmul(model, [part for part in PARTS if config[part] == "onednn"])
                 started = time.perf_counter()
                 one_pass()
-                best[library] = min(best[library], time.perf_counter() - started)
+                best[name] = min(best[name], time.perf_counter() - started)
     return best
 
 
@@ -111,7 +133,7 @@ def training_untouched(model):
 
 def machine_key(shapes: Counter, tokens: int) -> str:
     """What the measurement depends on: the CPU and its instruction-set limits, torch, threads, malloc, the model's
-    product shapes and the tokens measured."""
+    product shapes and about how many tokens were measured."""
     parts = {
         "cpu": cpu_model(),
         "limits": {name: os.environ.get(name) for name in ISA_LIMITS},
@@ -119,8 +141,8 @@ def machine_key(shapes: Counter, tokens: int) -> str:
         "threads": torch.get_num_threads(),
         "allocator": active_allocator(),
         "shapes": sorted([list(shape), count] for shape, count in shapes.items()),
-        "tokens": tokens,
-        "measured": "training pass",  # earlier versions timed the products alone: their answers are not reused
+        "tokens": 1 << (tokens - 1).bit_length(),  # to the next power of two: unpacked batches vary in width
+        "measured": "training pass, layers and head apart",  # earlier versions' answers (one library) are not reused
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 

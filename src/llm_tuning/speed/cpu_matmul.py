@@ -4,10 +4,11 @@ faster: calibration.py).
 torch's x86 wheels multiply fp32 matrices with MKL, which on AMD CPUs runs its generic code path (MKL_VERBOSE names
 "Intel(R) Architecture processors"). oneDNN, which torch also ships and which picks its kernels by instruction set,
 not by vendor, often multiplies the same shapes faster there, but not on every CPU, and not always inside a training
-step when it does alone: so `auto` measures which makes the run's own training pass faster (calibration.py). Only frozen fp32
-`nn.Linear` layers are switched: their backward is one product, grad @ W, with no weight gradient, so the
-autograd function below is all they need; the chunked loss (loss.py) multiplies a switched LM head the same way
-on tcmalloc or jemalloc.
+step when it does alone: so `auto` measures which makes the run's own training pass faster (calibration.py), for
+two parts of the model apart: its layers, and its LM head, whose one large product can favour oneDNN where the
+layers' smaller ones do not. Only frozen fp32 `nn.Linear` layers are switched: their backward is one product,
+grad @ W, with no weight gradient, so the autograd function below is all they need; the chunked loss (loss.py)
+multiplies a switched LM head the same way on tcmalloc or jemalloc.
 Results match torch's products to fp32 rounding (tests/speed/test_cpu_matmul.py).
 """
 
@@ -18,6 +19,10 @@ from functools import partial
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from ..weights import base_model
+
+PARTS = ("layers", "head")  # what `auto` chooses a library for: every frozen linear layer but the LM head; the LM head
 
 
 def onednn_linear(x, weight, bias=None):
@@ -52,11 +57,33 @@ def is_frozen_cpu_linear(module) -> bool:
     return frozen and module.weight.dtype == torch.float32 and module.weight.device.type == "cpu"
 
 
-def use_onednn_matmul(model) -> int:
-    """Route `model`'s frozen fp32 CPU linear layers through oneDNN, in place; returns how many were switched."""
+def lm_head(model):
+    """The model's LM head (its output embeddings), or None for a model without one."""
+    output_embeddings = getattr(base_model(model), "get_output_embeddings", None)
+    return output_embeddings() if output_embeddings else None
+
+
+def frozen_linears(model) -> dict[str, list[nn.Linear]]:
+    """`model`'s frozen fp32 CPU linear layers by part (PARTS); a part without any is left out."""
+    head = lm_head(model)
+    found = {}
+    for module in model.modules():
+        if is_frozen_cpu_linear(module):
+            found.setdefault("head" if module is head else "layers", []).append(module)
+    return found
+
+
+def everywhere(library: str) -> dict[str, str]:
+    """The same library for every part."""
+    return dict.fromkeys(PARTS, library)
+
+
+def use_onednn_matmul(model, parts=PARTS) -> int:
+    """Route `model`'s frozen fp32 CPU linear layers in `parts` (of PARTS) through oneDNN, in place; returns how many
+    were switched."""
     if not torch.backends.mkldnn.is_available():
         return 0
-    linears = [m for m in model.modules() if is_frozen_cpu_linear(m)]
+    linears = [linear for part, found in frozen_linears(model).items() if part in parts for linear in found]
     for linear in linears:
         linear.forward = partial(onednn_linear_forward, linear)
     return len(linears)

@@ -47,7 +47,7 @@ from ..speed.activations import keep_fewer_activations
 from ..speed.allocator import active_allocator, recorded_allocator
 from ..speed.calibration import MAX_TOKENS, choose_cpu_matmul
 from ..speed.compile import compile_elementwise
-from ..speed.cpu_matmul import use_onednn_matmul, use_torch_matmul
+from ..speed.cpu_matmul import PARTS, everywhere, use_onednn_matmul, use_torch_matmul
 from ..weights import save_trained
 from .callbacks import DivergenceGuard, ProgressBar, StopOnInterrupt, interrupt_requests
 from .checkpoints import reopen_run_folder, resumable_checkpoint
@@ -103,12 +103,12 @@ def train_in_group(config: Config, here: World) -> dict:
     trainer = build_trainer(config, model, tokenizer, data.samples, adjustments, adam_epsilon=epsilon, val_samples=val_samples)
     # which library multiplies is chosen once per run (speed/calibration.py): a resumed run multiplies as it started
     recorded = record.get("cpu_matmul")
-    matmul = {"library": recorded, "why": f"as when the run started ({RUN_RECORD_FILE})"} if recorded else None
+    matmul = {**recorded_matmul(recorded), "why": f"as when the run started ({RUN_RECORD_FILE})"} if recorded else None
     if here.is_main and not matmul:  # the others multiply as the main process chose
         cpu_fp32 = trainer.args.device.type == "cpu" and config.train.precision == "fp32"  # FSDP/ZeRO move it later
         matmul = choose_cpu_matmul(model, config.train.cpu_matmul, *first_batch_pass(trainer, MAX_TOKENS), cpu_fp32)
     matmul = from_main(matmul)
-    onednn_linears = use_onednn_matmul(model) if matmul["library"] == "onednn" else 0
+    onednn_linears = use_onednn_matmul(model, [part for part in PARTS if matmul[part] == "onednn"])
     compiled = compile_elementwise(model) if config.train.compile else []  # after the passes: training compiles alone
 
     with main_writes() as writer:
@@ -184,6 +184,11 @@ def train_in_group(config: Config, here: World) -> dict:
     return summary
 
 
+def recorded_matmul(recorded) -> dict[str, str]:
+    """The library of each part, from a run record: runs started before the LM head was chosen apart name one."""
+    return everywhere(recorded) if isinstance(recorded, str) else {part: recorded[part] for part in PARTS}
+
+
 def open_run_folder(config: Config, output_dir: Path, resume_from, record: dict, fingerprint: str, matmul, processes: int):
     """Make (or reopen) the run's folder, with its config and the record of its run-time choices."""
     if config.train.overwrite and not resume_from and output_dir.exists():
@@ -192,7 +197,7 @@ def open_run_folder(config: Config, output_dir: Path, resume_from, record: dict,
     reopen_run_folder(output_dir, resume_from)
     save_run_config(config, output_dir)
     if not record:
-        choices = {"data_sha256": fingerprint, "cpu_matmul": matmul["library"], **recorded_allocator()}
+        choices = {"data_sha256": fingerprint, "cpu_matmul": {part: matmul[part] for part in PARTS}, **recorded_allocator()}
         write_run_record(output_dir, {**choices, "world_size": processes})
     elif record.get("world_size", 1) != processes:
         write_run_record(output_dir, {**record, "world_size": processes})  # the next resume compares with this one

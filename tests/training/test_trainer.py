@@ -1,0 +1,42 @@
+"""The Trainer as llm-tuning runs it: here, the pass on the first batch that `train.cpu_matmul=auto` times."""
+
+import pytest
+
+from helpers import run_config
+from llm_tuning import train
+from llm_tuning.speed.cpu_matmul import everywhere
+from llm_tuning.training import run
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_the_first_batch_pass_trains_the_first_rows_that_fit(tiny_llama, records_path, tmp_path, monkeypatch, packing):
+    passes = []
+
+    def record_the_pass(model, setting, one_pass, tokens, cpu_fp32):
+        trained = [p for p in model.parameters() if p.requires_grad]
+        one_pass()
+        passes.append({"tokens": tokens, "grads": sum(p.grad is not None and bool(p.grad.any()) for p in trained)})
+        for parameter in trained:
+            parameter.grad = None
+        return {**everywhere("torch"), "why": "recorded"}
+
+    trainers = []
+    build_trainer = run.build_trainer
+    monkeypatch.setattr(run, "build_trainer", lambda *a, **k: trainers.append(build_trainer(*a, **k)) or trainers[-1])
+    monkeypatch.setattr(run, "choose_cpu_matmul", record_the_pass)
+    for max_tokens in (1, 10**6):  # fewer than a row: still one row; then the whole micro-batch of 3
+        monkeypatch.setattr(run, "MAX_TOKENS", max_tokens)
+        config = run_config(
+            tiny_llama,
+            records_path,
+            tmp_path / str(max_tokens),
+            data={"packing": packing, "max_length": 24},
+            train={"max_steps": 1, "batch_size": 3},
+        )
+        train(config)
+
+    rows = trainers[-1].train_dataset
+    assert len(rows) >= 3
+    width = max(len(rows[index]["input_ids"]) for index in range(3))  # the collator pads to the longest of the batch
+    assert [p["tokens"] for p in passes] == [width, 3 * width]
+    assert all(p["grads"] > 0 for p in passes)  # forward and backward: the adapters got gradients
