@@ -59,7 +59,7 @@ def table(rows: list[dict], rounds: int) -> str:
 
     names = list(rows[0]["seconds"])
     lines = [
-        f"Seconds per training pass (forward and backward), best of {rounds} x {ROUNDS} alternating passes per "
+        f"Seconds per training pass (forward and backward), best of {rounds} medians of {ROUNDS} alternating passes per "
         "combination of libraries for the layers and the LM head (torch: MKL):",
         "",
         f"| rows x 384 tokens | {' | '.join(names)} | `auto` would choose |",

@@ -3,7 +3,7 @@ timed alone nor by a rule written for one CPU.
 
 Before training, the start of the run's first micro-batch goes forward and backward through the model as training
 computes it, alternately with each library, torch's products (MKL on x86) or oneDNN's, on each of two parts: the
-model's layers and its LM head; best of a few passes after one that warms up. The fastest combination is chosen only
+model's layers and its LM head; the median of a few passes after one that warms up. The fastest combination is chosen only
 when it is clearly faster than torch's products throughout. Products timed alone mislead: on an AMD Zen 4 limited to
 AVX2, oneDNN multiplies the layers' shapes faster alone and runs the step slower; there its LM head is still faster
 on oneDNN, inside the step too. The passes leave the training as they found it (random state, gradients, train/eval
@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import platform
+import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from ..files import cache_dir, write_json
 from .allocator import active_allocator
 from .cpu_matmul import PARTS, everywhere, frozen_linears, use_onednn_matmul, use_torch_matmul
 
-ROUNDS = 2
+ROUNDS = 3  # the median of three: one pass that a quiet moment made fast decides nothing
 MAX_TOKENS = 1024  # two rows of 384 tokens rank the libraries as four do (benchmarks/step_matmul.py); more only slows start-up
 MARGIN = 0.97  # oneDNN must take less than 97% of torch's time: ties and noise keep torch's default path
 ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
@@ -94,11 +95,11 @@ def label(config: dict[str, str]) -> str:
 
 
 def measure(model, one_pass: Callable[[], None], parts: tuple[str, ...] = PARTS) -> dict[str, float]:
-    """Seconds of `one_pass` in each configuration of `parts`, by label: the fastest of ROUNDS rounds that alternate
+    """Seconds of `one_pass` in each configuration of `parts`, by label: the median of ROUNDS rounds that alternate
     them, after one pass that warms up (the allocator's pools, oneDNN's kernels). The model multiplies with torch's
     products afterwards."""
     candidates = configurations(parts)
-    best = dict.fromkeys(candidates, float("inf"))
+    seconds = {name: [] for name in candidates}
     with training_untouched(model):
         one_pass()
         for _ in range(ROUNDS):
@@ -107,8 +108,8 @@ def measure(model, one_pass: Callable[[], None], parts: tuple[str, ...] = PARTS)
                 use_onednn_matmul(model, [part for part in PARTS if config[part] == "onednn"])
                 started = time.perf_counter()
                 one_pass()
-                best[name] = min(best[name], time.perf_counter() - started)
-    return best
+                seconds[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in seconds.items()}
 
 
 @contextmanager
