@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from speed_vs_tutorial import machine_line
+from speed_vs_tutorial import publish
 
 ROWS, LENGTH, HIDDEN, VOCABULARY = 4, 384, 576, 49152
 CHUNK_SIZES = (256, 512, 1024, 1536)
@@ -74,12 +74,8 @@ def main() -> None:
     from llm_tuning.speed.allocator import restart_with_preferred_allocator
 
     restart_with_preferred_allocator()  # on tcmalloc where installed, as the llm-tuning command trains
-    text = "\n\n".join([machine_line(), table(time_chunk_sizes(args.rounds), args.rounds)])
-    print("\n" + text)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        command = f"python benchmarks/loss_chunk.py{f' --rounds {args.rounds}' if args.rounds != 3 else ''}"
-        args.output.write_text(f"Command: `{command}`\n\n{text}\n", encoding="utf-8")
+    rounds = f" --rounds {args.rounds}" if args.rounds != 3 else ""
+    publish([table(time_chunk_sizes(args.rounds), args.rounds)], args.output, f"python benchmarks/loss_chunk.py{rounds}")
 
 
 if __name__ == "__main__":

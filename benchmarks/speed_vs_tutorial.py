@@ -215,26 +215,29 @@ def main() -> None:
     if args.scaling is not None or args.scaling_only:
         sections.append(scale(args.scaling or SCALING_LENGTHS, model, work, records, args.precision))
 
+    scaling = None if args.scaling is None and not args.scaling_only else " ".join(["--scaling", *map(str, args.scaling or [])])
+    command = " ".join(
+        [
+            "python benchmarks/speed_vs_tutorial.py",
+            *(["--levers"] if args.levers else []),
+            *([f"--steps {args.steps}"] if args.steps != 40 else []),
+            *(f"--only '{only}'" for only in args.only or []),
+            *([f"--repeat {args.repeat}"] if args.repeat > 1 else []),
+            *([scaling] if scaling else []),
+            *(["--scaling-only"] if args.scaling_only else []),
+            *([f"--precision {args.precision}"] if args.precision != "fp32" else []),
+        ]
+    )
+    publish(sections, args.output, command)
+
+
+def publish(sections: list[str], output: Path | None, command: str) -> None:
+    """Print the CPU line and `sections`; with `output`, write them there too, under the command that made them."""
     text = "\n\n".join([machine_line(), *sections])
     print("\n" + text)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        scaling = (
-            None if args.scaling is None and not args.scaling_only else " ".join(["--scaling", *map(str, args.scaling or [])])
-        )
-        command = " ".join(
-            [
-                "python benchmarks/speed_vs_tutorial.py",
-                *(["--levers"] if args.levers else []),
-                *([f"--steps {args.steps}"] if args.steps != 40 else []),
-                *(f"--only '{only}'" for only in args.only or []),
-                *([f"--repeat {args.repeat}"] if args.repeat > 1 else []),
-                *([scaling] if scaling else []),
-                *(["--scaling-only"] if args.scaling_only else []),
-                *([f"--precision {args.precision}"] if args.precision != "fp32" else []),
-            ]
-        )
-        args.output.write_text(f"Command: `{command}`\n\n{text}\n", encoding="utf-8")
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(f"Command: `{command}`\n\n{text}\n", encoding="utf-8")
 
 
 def machine_line() -> str:

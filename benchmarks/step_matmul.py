@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from speed_vs_tutorial import COMMON, DATA, machine_line, split_records
+from speed_vs_tutorial import COMMON, DATA, publish, split_records
 
 MAX_LENGTH, BATCH = 384, 4
 
@@ -84,12 +84,8 @@ def main() -> None:
     from llm_tuning.speed.allocator import restart_with_preferred_allocator
 
     restart_with_preferred_allocator()  # on tcmalloc where installed, as the llm-tuning command trains
-    text = "\n\n".join([machine_line(), table(time_passes(args.rounds), args.rounds)])
-    print("\n" + text)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        command = f"python benchmarks/step_matmul.py{f' --rounds {args.rounds}' if args.rounds != 3 else ''}"
-        args.output.write_text(f"Command: `{command}`\n\n{text}\n", encoding="utf-8")
+    rounds = f" --rounds {args.rounds}" if args.rounds != 3 else ""
+    publish([table(time_passes(args.rounds), args.rounds)], args.output, f"python benchmarks/step_matmul.py{rounds}")
 
 
 if __name__ == "__main__":
