@@ -183,9 +183,8 @@ def test_a_run_recorded_with_one_library_resumes_with_it_for_every_part(tiny_lla
     config = run_config(tiny_llama, records_path, tmp_path / "run", train={"max_steps": 1, "save_steps": 1})
     train(config)
     path = tmp_path / "run" / "run_record.json"
-    path.write_text(
-        json.dumps({**json.loads(path.read_text()), "cpu_matmul": "onednn"})
-    )  # as runs recorded before the head was chosen apart
+    old_record = {**json.loads(path.read_text()), "cpu_matmul": "onednn"}  # as recorded before the head was chosen apart
+    path.write_text(json.dumps(old_record))
     monkeypatch.setattr(run, "choose_cpu_matmul", lambda *args: {**everywhere("torch"), "why": "x"})
     config["train"].update(resume=True, max_steps=2)
     resumed = train(config)
