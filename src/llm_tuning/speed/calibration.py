@@ -3,14 +3,15 @@ timed alone nor by a rule written for one CPU.
 
 Before training, the start of the run's first micro-batch goes forward and backward through the model as training
 computes it, alternately with each library, torch's products (MKL on x86) or oneDNN's, on each of two parts: the
-model's layers and its LM head; the median of a few passes after one that warms up. The fastest combination is chosen only
-when it is clearly faster than torch's products throughout. Products timed alone mislead: on an AMD Zen 4 limited to
-AVX2, oneDNN multiplies the layers' shapes faster alone and runs the step slower; there its LM head is still faster
-on oneDNN, inside the step too. The passes leave the training as they found it (random state, gradients, train/eval
-mode), so a run that measures computes exactly what a run that found the answer cached does. The answer is cached
-per CPU model, instruction-set limits, torch version, thread count, allocator, the model's product shapes and the
-tokens measured, to the next power of two (files.cache_dir()/speed), so a later run on the same machine measures
-nothing. Which libraries won, and why, goes into the run summary's `speed_choices`.
+model's layers and its LM head; the median of a few passes after one that warms up. The fastest combination is
+chosen only when it is clearly faster than torch's products throughout. Products timed alone mislead: on an AMD Zen 4
+limited to AVX2, oneDNN multiplies the layers' shapes faster alone and runs the step slower, and its LM head's loss
+alone, 1.34x as fast on oneDNN, is no faster inside the step (docs/speed.md). The passes leave the training as they
+found it (random state, gradients, train/eval mode), so a run that measures computes exactly what a run that found
+the answer cached does. The answer is cached per CPU model, instruction-set limits, torch version, thread count,
+allocator, the model's product shapes and the tokens measured, to the next power of two (files.cache_dir()/speed),
+so a later run on the same machine measures nothing. Which libraries won, and why, goes into the run summary's
+`speed_choices`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 from ..errors import UserError
 from ..files import cache_dir, write_json
 from .allocator import active_allocator
-from .cpu_matmul import PARTS, everywhere, frozen_linears, use_onednn_matmul, use_torch_matmul
+from .cpu_matmul import PARTS, everywhere, frozen_linears, multiply_as, use_torch_matmul
 
 ROUNDS = 3  # the median of three: one pass that a quiet moment made fast decides nothing
 MAX_TOKENS = 1024  # two rows of 384 tokens rank the libraries as four do (benchmarks/step_matmul.py); more only slows start-up
@@ -104,8 +105,7 @@ def measure(model, one_pass: Callable[[], None], parts: tuple[str, ...] = PARTS)
         one_pass()
         for _ in range(ROUNDS):
             for name, config in candidates.items():
-                use_torch_matmul(model)
-                use_onednn_matmul(model, [part for part in PARTS if config[part] == "onednn"])
+                multiply_as(model, config)
                 started = time.perf_counter()
                 one_pass()
                 seconds[name].append(time.perf_counter() - started)

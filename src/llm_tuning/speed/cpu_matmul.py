@@ -89,6 +89,13 @@ def use_onednn_matmul(model, parts=PARTS) -> int:
     return len(linears)
 
 
+def multiply_as(model, choice: dict[str, str]) -> int:
+    """Multiply each part of `model` with the library `choice` names for it ("torch" or "onednn"); returns how many
+    layers oneDNN multiplies."""
+    use_torch_matmul(model)
+    return use_onednn_matmul(model, [part for part in PARTS if choice[part] == "onednn"])
+
+
 def uses_onednn(module) -> bool:
     """Whether use_onednn_matmul switched this layer (the chunked loss then multiplies the LM head the same way)."""
     forward = module.__dict__.get("forward")

@@ -47,7 +47,7 @@ from ..speed.activations import keep_fewer_activations
 from ..speed.allocator import active_allocator, recorded_allocator
 from ..speed.calibration import MAX_TOKENS, choose_cpu_matmul
 from ..speed.compile import compile_elementwise
-from ..speed.cpu_matmul import PARTS, everywhere, use_onednn_matmul, use_torch_matmul
+from ..speed.cpu_matmul import PARTS, everywhere, multiply_as, use_torch_matmul
 from ..weights import save_trained
 from .callbacks import DivergenceGuard, ProgressBar, StopOnInterrupt, interrupt_requests
 from .checkpoints import reopen_run_folder, resumable_checkpoint
@@ -108,7 +108,7 @@ def train_in_group(config: Config, here: World) -> dict:
         cpu_fp32 = trainer.args.device.type == "cpu" and config.train.precision == "fp32"  # FSDP/ZeRO move it later
         matmul = choose_cpu_matmul(model, config.train.cpu_matmul, *first_batch_pass(trainer, MAX_TOKENS), cpu_fp32)
     matmul = from_main(matmul)
-    onednn_linears = use_onednn_matmul(model, [part for part in PARTS if matmul[part] == "onednn"])
+    onednn_linears = multiply_as(model, matmul)
     compiled = compile_elementwise(model) if config.train.compile else []  # after the passes: training compiles alone
 
     with main_writes() as writer:
