@@ -155,13 +155,15 @@ def build_trainer(
 
 
 def first_batch_pass(trainer: LeanTrainer, max_tokens: int):
-    """A forward and backward pass of the first rows of the run's first micro-batch (as many as fit in `max_tokens`,
-    at least one), computed as a training step computes it, and its number of tokens: what speed/calibration.py times."""
+    """A forward and backward pass of the first rows of the run's first micro-batch (as many as fit in `max_tokens`;
+    a row longer than that alone, cut to its first `max_tokens` tokens), computed as a training step computes it,
+    and its number of tokens: what speed/calibration.py times. Cut, since the passes are many and a pass grows
+    faster than its tokens (attention): at max length 2048 uncut they took 5 minutes of start-up."""
     size = min(trainer.args.per_device_train_batch_size, len(trainer.train_dataset))
     batch = trainer.data_collator([trainer.train_dataset[index] for index in range(size)])
-    width = batch["input_ids"].shape[1]
+    width = min(batch["input_ids"].shape[1], max_tokens)
     rows = max(1, min(size, max_tokens // width))
-    batch = {key: value[:rows] for key, value in batch.items()}
+    batch = {key: value[:rows, :width] for key, value in batch.items()}
 
     def one_pass():
         trainer.compute_loss(trainer.model, dict(batch)).backward()
