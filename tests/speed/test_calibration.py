@@ -56,6 +56,20 @@ def test_auto_takes_the_combination_measured_fastest(tiny_llama, cache, monkeypa
     assert all(f"{name} " in choice["why"] for name in calibration.configurations(PARTS)) and "256 tokens" in choice["why"]
 
 
+def test_a_head_that_keeps_torchs_products_is_not_measured(tiny_llama, cache, monkeypatch):
+    measured = []
+    monkeypatch.setattr(
+        calibration,
+        "measure",
+        lambda model, one_pass, parts: (
+            measured.append(parts) or {"layers torch, head torch": 1.0, "layers onednn, head torch": 0.5}
+        ),
+    )
+    choice = calibration.choose_cpu_matmul(lora_model(tiny_llama), "auto", no_pass, 64, head_follows=False)
+    assert measured == [("layers",)] and (choice["layers"], choice["head"]) == ("onednn", "torch")
+    assert "head onednn" not in choice["why"]
+
+
 def test_measured_once_per_machine(tiny_llama, cache, monkeypatch):
     calls = timed(monkeypatch, {"layers torch, head onednn": 0.5})
     model = lora_model(tiny_llama)

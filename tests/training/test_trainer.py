@@ -5,7 +5,7 @@ import pytest
 from helpers import run_config
 from llm_tuning import train
 from llm_tuning.speed.cpu_matmul import everywhere
-from llm_tuning.training import run
+from llm_tuning.training import loss, run
 
 CUT = 16  # tokens: fewer than the rows hold at max length 24, enough to reach the first labels
 
@@ -14,7 +14,7 @@ CUT = 16  # tokens: fewer than the rows hold at max length 24, enough to reach t
 def test_the_first_batch_pass_trains_the_first_rows_that_fit(tiny_llama, records_path, tmp_path, monkeypatch, packing):
     passes = []
 
-    def record_the_pass(model, setting, one_pass, tokens, cpu_fp32):
+    def record_the_pass(model, setting, one_pass, tokens, cpu_fp32, head_follows):
         trained = [p for p in model.parameters() if p.requires_grad]
         one_pass()
         passes.append({"tokens": tokens, "grads": sum(p.grad is not None and bool(p.grad.any()) for p in trained)})
@@ -43,3 +43,16 @@ def test_the_first_batch_pass_trains_the_first_rows_that_fit(tiny_llama, records
     assert width > CUT
     assert [p["tokens"] for p in passes] == [CUT, 3 * width]
     assert all(p["grads"] > 0 for p in passes)  # forward and backward: the adapters got gradients
+
+
+@pytest.mark.parametrize("reuses_large_blocks", [True, False])  # tcmalloc or jemalloc; glibc's malloc
+def test_the_head_is_measured_only_where_the_chunked_loss_follows_the_choice(
+    tiny_llama, records_path, tmp_path, monkeypatch, reuses_large_blocks
+):
+    told = []
+    monkeypatch.setattr(loss, "malloc_reuses_large_blocks", lambda: reuses_large_blocks)
+    monkeypatch.setattr(
+        run, "choose_cpu_matmul", lambda *args, head_follows: told.append(head_follows) or {**everywhere("torch"), "why": ""}
+    )
+    train(run_config(tiny_llama, records_path, tmp_path, train={"max_steps": 1, "loss_chunk_size": 8}))
+    assert told == [reuses_large_blocks]

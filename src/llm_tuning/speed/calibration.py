@@ -3,8 +3,9 @@ timed alone nor by a rule written for one CPU.
 
 Before training, the start of the run's first micro-batch goes forward and backward through the model as training
 computes it, alternately with each library, torch's products (MKL on x86) or oneDNN's, on each of two parts: the
-model's layers and its LM head; the median of a few passes after one that warms up. The fastest combination is
-chosen only when it is clearly faster than torch's products throughout. Products timed alone mislead: on an AMD Zen 4
+model's layers and its LM head (the layers alone where training keeps the head on torch's products whatever is
+chosen); the median of a few passes after one that warms up. The fastest combination is chosen only when it is
+clearly faster than torch's products throughout. Products timed alone mislead: on an AMD Zen 4
 limited to AVX2, oneDNN multiplies the layers' shapes faster alone and runs the step slower, and its LM head's loss
 alone, 1.34x as fast on oneDNN, is no faster inside the step (docs/speed.md). The passes leave the training as they
 found it (random state, gradients, train/eval mode), so a run that measures computes exactly what a run that found
@@ -40,16 +41,22 @@ MARGIN = 0.97  # oneDNN must take less than 97% of torch's time: ties and noise 
 ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
 
 
-def choose_cpu_matmul(model, setting: str, one_pass: Callable[[], None], tokens: int, cpu_fp32: bool = True) -> dict:
+def choose_cpu_matmul(
+    model, setting: str, one_pass: Callable[[], None], tokens: int, cpu_fp32: bool = True, head_follows: bool = True
+) -> dict:
     """{"layers": library, "head": library, "why": ...}: which library ("torch" or "onednn") multiplies the model's
     frozen linear layers, and which its LM head, for `train.cpu_matmul` = `setting` on this model and machine;
     `one_pass` runs a forward and backward pass of `tokens` tokens as training does; `cpu_fp32`: training computes
-    in fp32 on the CPU (elsewhere oneDNN's products are not used, and nothing is measured)."""
+    in fp32 on the CPU (elsewhere oneDNN's products are not used, and nothing is measured); `head_follows`: training
+    multiplies the head with the library chosen for it (not so where the chunked loss keeps torch's products:
+    training/loss.py), else only the layers are measured and the head keeps torch's."""
     if setting != "auto":
         return {**everywhere(setting), "why": f"train.cpu_matmul={setting}"}
     if not cpu_fp32:
         return {**everywhere("torch"), "why": "training does not compute in fp32 on the CPU"}
     parts = frozen_linears(model)
+    if not head_follows:
+        parts.pop("head", None)  # its two libraries would time the same products
     if not parts:
         return {**everywhere("torch"), "why": "no frozen float32 linear layers on the CPU"}
     if not onednn_offered():

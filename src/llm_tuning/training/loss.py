@@ -109,6 +109,12 @@ def labelled_loss(hidden: torch.Tensor, head: nn.Linear, labels: torch.Tensor, n
     return LabelledCrossEntropy.apply(selected, head.weight, head.bias, selected_targets, 1.0 / max(count, 1), chunk_size, onednn)
 
 
+def head_follows_cpu_matmul(chunk_size: int) -> bool:
+    """Whether training multiplies the LM head with the library train.cpu_matmul chose for it: always through the
+    model's own loss (`chunk_size` 0), and in the chunked loss where malloc reuses large blocks (labelled_loss)."""
+    return not chunk_size or malloc_reuses_large_blocks()
+
+
 def malloc_reuses_large_blocks() -> bool:
     """Whether a fresh chunk x vocabulary tensor per chunk is cheap: on tcmalloc or jemalloc it reuses the last
     chunk's memory. glibc's malloc returns such blocks to the kernel or, with huge pages, fragments: there oneDNN's

@@ -52,6 +52,7 @@ from ..weights import save_trained
 from .callbacks import DivergenceGuard, ProgressBar, StopOnInterrupt, interrupt_requests
 from .checkpoints import reopen_run_folder, resumable_checkpoint
 from .gradient_checkpointing import enable_checkpointing
+from .loss import head_follows_cpu_matmul
 from .precision import adam_epsilon, check_precision, set_trainable_dtype
 from .sharding import check_sharding, gathered_state, sharding_of
 from .summary import curves, data_counts, diagnose, training_figures, validation_figures, versions
@@ -106,7 +107,10 @@ def train_in_group(config: Config, here: World) -> dict:
     matmul = {**recorded_matmul(recorded), "why": f"as when the run started ({RUN_RECORD_FILE})"} if recorded else None
     if here.is_main and not matmul:  # the others multiply as the main process chose
         cpu_fp32 = trainer.args.device.type == "cpu" and config.train.precision == "fp32"  # FSDP/ZeRO move it later
-        matmul = choose_cpu_matmul(model, config.train.cpu_matmul, *first_batch_pass(trainer, MAX_TOKENS), cpu_fp32)
+        head_follows = head_follows_cpu_matmul(trainer.loss_chunk_size)
+        matmul = choose_cpu_matmul(
+            model, config.train.cpu_matmul, *first_batch_pass(trainer, MAX_TOKENS), cpu_fp32, head_follows=head_follows
+        )
     matmul = from_main(matmul)
     onednn_linears = multiply_as(model, matmul)
     compiled = compile_elementwise(model) if config.train.compile else []  # after the passes: training compiles alone
