@@ -158,7 +158,7 @@ def first_batch_pass(trainer: LeanTrainer, max_tokens: int):
     """A forward and backward pass of the first rows of the run's first micro-batch (as many as fit in `max_tokens`;
     a row longer than that alone, cut to its first `max_tokens` tokens), computed as a training step computes it,
     and its number of tokens: what speed/calibration.py times. Cut, since the passes are many and a pass grows
-    faster than its tokens (attention): at max length 2048 uncut they took 5 minutes of start-up."""
+    faster than its tokens (attention); docs/speed.md says what the cut saves."""
     size = min(trainer.args.per_device_train_batch_size, len(trainer.train_dataset))
     batch = trainer.data_collator([trainer.train_dataset[index] for index in range(size)])
     width = min(batch["input_ids"].shape[1], max_tokens)
