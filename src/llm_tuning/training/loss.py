@@ -105,7 +105,7 @@ def labelled_loss(hidden: torch.Tensor, head: nn.Linear, labels: torch.Tensor, n
         return total / max(count, 1)
     # the head multiplies as the model's other frozen layers do (train.cpu_matmul): oneDNN where it was switched,
     # unless each chunk's fresh logits would cost more than oneDNN gains
-    onednn = uses_onednn(head) and malloc_reuses_large_blocks()
+    onednn = uses_onednn(head) and head_follows_cpu_matmul(chunk_size)
     return LabelledCrossEntropy.apply(selected, head.weight, head.bias, selected_targets, 1.0 / max(count, 1), chunk_size, onednn)
 
 
