@@ -12,10 +12,12 @@ stay fast and the command can restart on another allocator before torch loads.
 from importlib import import_module
 
 from .speed.allocator import default_huge_pages
+from .speed.startup import defer_bitsandbytes_compile
 
 __version__ = "0.1.0"
 
 default_huge_pages()  # before torch's first CPU allocation, when it reads the setting
+defer_bitsandbytes_compile()  # before peft or transformers imports bitsandbytes
 
 # public name -> the module that defines it; no module of the package shares a public name, so importing a
 # submodule never replaces one of these functions on the package

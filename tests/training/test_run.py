@@ -196,3 +196,15 @@ def test_eval_steps_without_validation_data_is_an_error(tiny_llama, records_path
     with pytest.raises(UserError, match="train.eval_steps needs validation data: set data.val_ratio"):
         train(run_config(tiny_llama, records_path, tmp_path / "run", train={"eval_steps": 5}))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_reads_its_tokenizer_once(tiny_llama, records_path, tmp_path, monkeypatch):
+    """The memory estimate takes the tokenizer training loaded: a large one takes seconds to read."""
+    import transformers
+
+    read = []
+    original = transformers.AutoTokenizer.from_pretrained
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: read.append(a) or original(*a, **k))
+    summary = train(run_config(tiny_llama, records_path, tmp_path / "run", train={"max_steps": 1}))
+    assert summary["status"] == "completed" and summary["estimated_peak_memory_bytes"] > 0
+    assert read == [(str(tiny_llama),)]

@@ -60,15 +60,17 @@ def estimate(
     device: str = "cpu",
     allocator: str | None = None,
     processes: int = 1,
+    tokenizer=None,
 ) -> dict:
     """Predicted peak memory of the training run `config` describes, by component, in bytes; on a CPU, for the
     malloc `allocator` (tcmalloc, glibc; by default the one this process runs on). With `processes` > 1, what each
-    of that many training processes holds, under the sharding the config sets (training/sharding.py)."""
+    of that many training processes holds, under the sharding the config sets (training/sharding.py). `tokenizer`:
+    the model's, where the caller has loaded it already (a method may need it); else it is loaded here."""
     config = as_config(config, overrides)
     path, model_config, model = meta_model(config)
     base_bytes, quantized_params = weight_bytes(model, config)  # before the method adds its own tensors
     method = get_method(config.method.name)
-    model = method.apply(model, config.method, tokenizer_if_any(config, path))
+    model = method.apply(model, config.method, tokenizer if tokenizer is not None else tokenizer_if_any(config, path))
     trained = [p for p in model.parameters() if p.requires_grad]
     trained_count = sum(p.numel() for p in trained)
     added = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and not method.trains_base)

@@ -90,7 +90,7 @@ def train_in_group(config: Config, here: World) -> dict:
         check_same_data(record, fingerprint, output_dir)
         if here.is_main:
             print(f"resuming from {resume_from}", file=sys.stderr, flush=True)
-    predicted = estimate(config, device=_device(), processes=here.size)
+    predicted = estimate(config, device=_device(), processes=here.size, tokenizer=tokenizer)
     if config.train.check_memory:
         check_fits(config, predicted, sharing=1 if _device() == "cuda" else int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     model, epsilon = prepare_model(config, method, resolved_path, tokenizer, adjustments)
