@@ -162,7 +162,7 @@ def first_batch_pass(trainer: LeanTrainer, max_tokens: int):
     size = min(trainer.args.per_device_train_batch_size, len(trainer.train_dataset))
     batch = trainer.data_collator([trainer.train_dataset[index] for index in range(size)])
     width = min(batch["input_ids"].shape[1], max_tokens)
-    rows = max(1, min(size, max_tokens // width))
+    rows = min(size, max_tokens // width)  # at least one: the width is cut to max_tokens
     batch = {key: value[:rows, :width] for key, value in batch.items()}
 
     def one_pass():
