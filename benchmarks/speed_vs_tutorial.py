@@ -69,12 +69,19 @@ GLIBC = {"LLM_TUNING_ALLOCATOR": "system"}
 # mapped afresh, and faulted in again, at each allocation.
 GLIBC_LARGE = {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=268435456"}
 GLIBC_SMALL = {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1073741824"}
-NONE_OF_THEM = ["data.packing=false", "train.loss_chunk_size=0", "train.lean_activations=false", "train.cpu_matmul=torch"]
+NONE_OF_THEM = [
+    "data.packing=false",
+    "train.loss_chunk_size=0",
+    "train.lean_activations=false",
+    "train.cpu_matmul=torch",
+    "train.split_step=false",
+]
 LEVERS = {
     "llm-tuning (defaults)": ([], {}),
     "llm-tuning, defaults without packing": (["data.packing=false"], {}),
     "llm-tuning, defaults without the chunked loss": (["train.loss_chunk_size=0"], {}),
     "llm-tuning, defaults without lean activations": (["train.lean_activations=false"], {}),
+    "llm-tuning, defaults without the split step (train.split_step=false)": (["train.split_step=false"], {}),
     "llm-tuning, defaults without tcmalloc (glibc's malloc, with huge pages)": ([], GLIBC),
     "llm-tuning, defaults without tcmalloc or huge pages": ([], {**GLIBC, **PLAIN_TORCH}),
     "llm-tuning, defaults on glibc, mmap threshold fixed at 32 MiB, trim at 256 MiB": ([], {**GLIBC, **GLIBC_LARGE}),

@@ -146,6 +146,12 @@ class TrainConfig:
         "at start-up (cached per CPU; the run summary's `speed_choices` says which and why; docs/speed.md).",
         choices=("auto", "torch", "onednn"),
     )
+    split_step: bool = option(
+        True,
+        "On a CPU, share each micro-batch's rows out between this process and a forked copy of it per further core, each "
+        "pass single-threaded, where that applies (one process, a micro-batch of 2 rows or more, at most 5% of the "
+        "parameters trained); false lets the cores' threads share every operation instead (docs/speed.md).",
+    )
     compile: bool = option(
         False,
         "Compile the elementwise work around the matrix products (Llama-family RMSNorms; with lean activations, the gated "

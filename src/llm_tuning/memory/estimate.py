@@ -22,6 +22,7 @@ from ..methods.selection import decoder_layers
 from ..params import meta_model, tokenizer_if_any
 from ..speed.activations import is_gated_mlp
 from ..speed.allocator import active_allocator
+from ..speed.split_step import split_parts
 from ..training.loss import chunked_loss_unsupported_reason
 from ..training.sharding import Sharding, sharding_of
 
@@ -42,6 +43,9 @@ CHUNKED_LOGITS_COPIES = 1  # one chunk's fp32 logits, turned into their gradient
 # than autograd saves: on glibc with torch's large blocks on huge pages, and on tcmalloc, which reuses freed blocks
 # by size (speed/allocator.py)
 CPU_ALLOCATOR_FACTORS = {"glibc": 1.6, "tcmalloc": 1.5}
+# measured on the speed benchmark's run (SmolLM2-135M, LoRA, 4 rows of 384 tokens, tcmalloc): what each forked copy of
+# a split step (speed/split_step.py) holds beyond its rows' activations, its loss buffer and its gradients
+SPLIT_COPY_BASELINE_BYTES = 96 * 2**20
 
 
 def cpu_malloc(allocator: str | None = None) -> str:
@@ -90,6 +94,12 @@ def estimate(
         # The model's own weight gradients are allocated layer by layer in the backward pass while that layer's
         # activations are freed: the smaller of the two is not held on top of the other (measured: full, freeze).
         components["overlap"] = -min(components["gradients"], activations)
+    copies = split_parts(model, config.train.batch_size, processes, device == "cpu")[0] - 1 if config.train.split_step else 0
+    if copies:
+        # the micro-batch's activations are shared out between the processes; each copy adds its own loss buffer,
+        # its gradients twice (its own and the shared buffer they reach this process through) and a baseline
+        per_copy = components["logits"] + 2 * components["gradients"] + SPLIT_COPY_BASELINE_BYTES
+        components["split_copies"] = copies * per_copy
     if quantized_params and device == "cpu":
         # measured: bitsandbytes' CPU kernels keep dequantized copies of the weights for the backward pass
         components["dequantized"] = quantized_params * 4

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from ..distributed import world
 from ..methods.adapter import is_adapted
 from ..rundir import LOG_FILE
 from ..speed.packed_attention import use_packed_attention
+from ..speed.split_step import SplitStep
 from ..weights import base_model
 from .callbacks import JsonlLog, ProgressBar
 from .checkpoints import CrashSafeCheckpoints
@@ -43,6 +45,19 @@ class LeanTrainer(CrashSafeCheckpoints, Trainer):
         self.loss_chunk_size = loss_chunk_size
         self.packed_attention = packed_attention
         self.keep_checkpoints = keep_checkpoints
+        self.split: SplitStep | None = None  # set by split_over_cores
+        self.micro_batch = (-1, 0)  # (optimizer step, micro-batches seen in it), for the split's dropout seeds
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        step, seen = self.micro_batch
+        self.micro_batch = (self.state.global_step, seen + 1 if step == self.state.global_step else 0)
+        if self.split is None or num_items_in_batch is None:  # without the global count the parts' losses do not add up
+            return super().training_step(model, inputs, num_items_in_batch)
+        return self.split.step(model, inputs, num_items_in_batch, *self.micro_batch)
+
+    def split_over_cores(self, parts: int) -> None:
+        """Split each micro-batch's rows over `parts` processes (speed/split_step.py); the copies start at the first step."""
+        self.split = SplitStep(self.model, partial(Trainer.training_step, self), parts, self.args.seed)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "position_ids" in inputs:  # packed rows

@@ -1,0 +1,226 @@
+"""A CPU training step split over the cores by rows: the micro-batch's rows are shared out between this process and
+forked copies of it, one per further core, each computing its forward and backward pass single-threaded; the
+copies' gradients are added to this process's before the optimizer step.
+
+Why: a small model's step is thousands of short operations, and two threads that meet at every one of them wait for
+each other; whole passes on separate cores do not (docs/speed.md#the-step-split-over-the-cores). Why forked
+processes and not threads: Python threads running the passes share the interpreter and gained little. The copies
+share the frozen weights with this process (fork's copy-on-write: they are never written), and the trained
+parameters sit in shared memory, so each optimizer step is seen by all. Each copy draws its dropout masks from a
+seed made of the run's seed, the step and its part, so that a resumed run draws as the first one did."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import traceback
+import warnings
+from contextlib import contextmanager
+
+import torch
+
+# a copy's gradients travel through shared memory: past this share of the model's parameters, holding them twice
+# more costs more memory than the split saves time
+MAX_TRAINABLE_SHARE = 0.05
+
+
+def split_parts(model, batch_size: int, processes: int, on_cpu: bool) -> tuple[int, str]:
+    """Into how many parts a micro-batch is split here (1: not split), and why."""
+    blocked = split_unsupported_reason(model, batch_size, processes, on_cpu)
+    if blocked:
+        return 1, blocked
+    parts = min(torch.get_num_threads(), batch_size)
+    return parts, f"{parts} threads: each computes a part of every micro-batch's rows in its own process"
+
+
+def split_unsupported_reason(model, batch_size: int, processes: int, on_cpu: bool) -> str | None:
+    """Why the step cannot be split here, or None."""
+    if not on_cpu:
+        return "not on a CPU"
+    if processes > 1:
+        return "the run already has a process per device"
+    if torch.get_num_threads() < 2:
+        return "one thread"
+    if batch_size < 2:
+        return "a micro-batch of one row"
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    if trainable > MAX_TRAINABLE_SHARE * total:
+        return f"more than {MAX_TRAINABLE_SHARE:.0%} of the parameters train"
+    return None
+
+
+class SplitStep:
+    """The forked copies of a training process and the exchange with them. `run_part(model, inputs,
+    num_items_in_batch)` is the unsplit training step (forward, backward, the detached loss); `seed` the run's."""
+
+    def __init__(self, model, run_part, parts: int, seed: int):
+        self.model, self.run_part, self.parts, self.seed = model, run_part, parts, seed
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.workers: list[tuple] = []  # (process, connection, gradient buffer)
+        self.private_peak = 0  # the copies' largest private memory, added to this process's peak RSS
+
+    def start(self) -> None:
+        for param in self.params:
+            param.data.share_memory_()  # in place: the optimizer keeps the same parameters
+        numel = sum(p.numel() for p in self.params)
+        context = multiprocessing.get_context("fork")
+        for part in range(1, self.parts):
+            grads = torch.zeros(numel, dtype=torch.float32).share_memory_()
+            here, there = context.Pipe()
+            process = context.Process(target=self._serve, args=(there, grads), daemon=True, name=f"llm-tuning part {part}")
+            with quiet_fork():
+                process.start()
+            there.close()
+            self.workers.append((process, here, grads))
+
+    def step(self, model, inputs: dict, num_items_in_batch, step: int, micro: int) -> torch.Tensor:
+        """One micro-batch: the first part here, the others in the copies, at the same time; the loss summed. A
+        micro-batch of one row (the last of an epoch may be) runs unsplit."""
+        parts = split_rows(inputs, min(self.parts, rows_of(inputs)))
+        if len(parts) < 2:
+            return self.run_part(model, inputs, num_items_in_batch)
+        if not self.workers:
+            self.start()
+        busy = self.workers[: len(parts) - 1]
+        for index, ((process, connection, _), part) in enumerate(zip(busy, parts[1:]), start=1):
+            try:
+                connection.send((part, num_items_in_batch, part_seed(self.seed, step, micro, index)))
+            except OSError:  # a broken pipe: the copy is gone
+                raise ended(process) from None
+        with threads(1):
+            loss = self.run_part(model, parts[0], num_items_in_batch)
+        total = loss.detach().clone()
+        for process, connection, grads in busy:
+            reply = receive(process, connection)
+            total += reply["loss"]
+            self.private_peak = max(self.private_peak, reply["private_bytes"])
+            add_gradients(self.params, grads)
+        return total
+
+    def close(self) -> None:
+        for process, connection, _ in self.workers:
+            try:
+                connection.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+        self.workers = []
+
+    def _serve(self, connection, grads: torch.Tensor) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C and ends the copies
+        torch.set_num_threads(1)
+        while True:
+            try:
+                request = connection.recv()
+            except EOFError:  # the main process is gone
+                return
+            if request is None:
+                return
+            inputs, num_items_in_batch, seed = request
+            try:
+                torch.manual_seed(seed)
+                loss = self.run_part(self.model, inputs, num_items_in_batch)
+                take_gradients(self.params, grads)
+                connection.send({"loss": float(loss), "private_bytes": private_bytes()})
+            except BaseException as error:  # noqa: BLE001 - reported to the main process, which fails the run
+                connection.send({"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()})
+                return
+
+
+def rows_of(inputs: dict) -> int:
+    return next(iter(inputs.values())).shape[0]
+
+
+def split_rows(inputs: dict, parts: int) -> list[dict]:
+    """The batch's rows in `parts` near-equal consecutive parts (each tensor is rows x tokens)."""
+    rows = rows_of(inputs)
+    bounds = [rows * part // parts for part in range(parts + 1)]
+    return [{key: value[start:end] for key, value in inputs.items()} for start, end in zip(bounds, bounds[1:])]
+
+
+def part_seed(seed: int, step: int, micro: int, part: int) -> int:
+    """A seed per run, optimizer step, micro-batch and part: a resumed run's copies draw as the first run's did."""
+    return (seed * 1_000_003 + step * 1_009 + micro * 31 + part) % (2**63)
+
+
+def take_gradients(params: list, grads: torch.Tensor) -> None:
+    """Move a copy's gradients into its shared buffer, leaving none behind for the next micro-batch."""
+    offset = 0
+    for param in params:
+        view = grads[offset : offset + param.numel()]
+        if param.grad is None:
+            view.zero_()
+        else:
+            view.copy_(param.grad.reshape(-1))
+        param.grad = None
+        offset += param.numel()
+
+
+def add_gradients(params: list, grads: torch.Tensor) -> None:
+    offset = 0
+    for param in params:
+        view = grads[offset : offset + param.numel()].view_as(param)
+        if param.grad is None:
+            param.grad = view.clone()
+        else:
+            param.grad += view
+        offset += param.numel()
+
+
+def receive(process, connection) -> dict:
+    try:
+        reply = connection.recv()
+    except EOFError:
+        raise ended(process) from None
+    if "error" in reply:  # the copy's own traceback, then what failed
+        raise RuntimeError(f"{reply['traceback']}\n{process.name} of the split training step failed: {reply['error']}")
+    return reply
+
+
+def ended(process) -> RuntimeError:
+    process.join(timeout=5)
+    return RuntimeError(f"{process.name} of the split training step ended (exit code {process.exitcode})")
+
+
+def private_bytes() -> int:
+    """Memory this process holds alone (its pages not shared with the main process), from /proc/self/smaps_rollup."""
+    total = 0
+    try:
+        with open("/proc/self/smaps_rollup") as smaps:
+            for line in smaps:
+                if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    total += int(line.split()[1]) * 1024
+    except OSError:
+        return 0
+    return total
+
+
+@contextmanager
+def threads(count: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
+def quiet_fork():
+    """Fork without tokenizers' warning (its Rust threads are not used in the copies) or Python's about forking a
+    process with threads (the copies run torch's operations only, as a DataLoader's forked workers do)."""
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        if before is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM")
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
