@@ -95,11 +95,8 @@ def estimate(
         # activations are freed: the smaller of the two is not held on top of the other (measured: full, freeze).
         components["overlap"] = -min(components["gradients"], activations)
     copies = split_parts(model, config.train.batch_size, processes, device == "cpu")[0] - 1 if config.train.split_step else 0
-    if copies:
-        # the micro-batch's activations are shared out between the processes; each copy adds its own loss buffer,
-        # its gradients twice (its own and the shared buffer they reach this process through) and a baseline
-        per_copy = components["logits"] + 2 * components["gradients"] + SPLIT_COPY_BASELINE_BYTES
-        components["split_copies"] = copies * per_copy
+    if copies:  # activations are shared out; each copy: its loss buffer, its gradients twice (its own, the shared ones)
+        components["split_copies"] = copies * (components["logits"] + 2 * components["gradients"] + SPLIT_COPY_BASELINE_BYTES)
     if quantized_params and device == "cpu":
         # measured: bitsandbytes' CPU kernels keep dequantized copies of the weights for the backward pass
         components["dequantized"] = quantized_params * 4

@@ -78,6 +78,11 @@ def everywhere(library: str) -> dict[str, str]:
     return dict.fromkeys(PARTS, library)
 
 
+def recorded_matmul(recorded) -> dict[str, str]:
+    """The library of each part, from a run record: runs started before the LM head was chosen apart name one."""
+    return everywhere(recorded) if isinstance(recorded, str) else {part: recorded[part] for part in PARTS}
+
+
 def use_onednn_matmul(model, parts=PARTS) -> int:
     """Route `model`'s frozen fp32 CPU linear layers in `parts` (of PARTS) through oneDNN, in place; returns how many
     were switched."""

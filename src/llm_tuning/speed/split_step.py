@@ -11,6 +11,7 @@ seed made of the run's seed, the step and its part, so that a resumed run draws 
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 import signal
@@ -20,9 +21,23 @@ from contextlib import contextmanager
 
 import torch
 
+from ..resume import RUN_RECORD_FILE
+
 # a copy's gradients travel through shared memory: past this share of the model's parameters, holding them twice
 # more costs more memory than the split saves time
 MAX_TRAINABLE_SHARE = 0.05
+
+
+def choose_split(train, model, processes: int, on_cpu: bool, record: dict) -> dict:
+    """Into how many parts each micro-batch is split, and why: in a resumed run (`record`, its run record) as when it
+    started, since the parts decide the dropout masks (a record from before the split: unsplit); else by the config
+    `train` section's `split_step` and where the split applies."""
+    if record and processes == 1 and on_cpu:
+        return {"parts": record.get("split_parts", 1), "why": f"as when the run started ({RUN_RECORD_FILE})"}
+    if not train.split_step:
+        return {"parts": 1, "why": "train.split_step: false"}
+    parts, why = split_parts(model, train.batch_size, processes, on_cpu)
+    return {"parts": parts, "why": why}
 
 
 def split_parts(model, batch_size: int, processes: int, on_cpu: bool) -> tuple[int, str]:
@@ -144,7 +159,8 @@ def split_rows(inputs: dict, parts: int) -> list[dict]:
 
 def part_seed(seed: int, step: int, micro: int, part: int) -> int:
     """A seed per run, optimizer step, micro-batch and part: a resumed run's copies draw as the first run's did."""
-    return (seed * 1_000_003 + step * 1_009 + micro * 31 + part) % (2**63)
+    digest = hashlib.sha256(f"{seed}/{step}/{micro}/{part}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # torch.manual_seed takes up to 2**63 - 1
 
 
 def take_gradients(params: list, grads: torch.Tensor) -> None:
@@ -163,7 +179,7 @@ def take_gradients(params: list, grads: torch.Tensor) -> None:
 def add_gradients(params: list, grads: torch.Tensor) -> None:
     offset = 0
     for param in params:
-        view = grads[offset : offset + param.numel()].view_as(param)
+        view = grads[offset : offset + param.numel()].view_as(param).to(param.dtype)  # fp32 in the buffer
         if param.grad is None:
             param.grad = view.clone()
         else:

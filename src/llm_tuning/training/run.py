@@ -47,8 +47,8 @@ from ..speed.activations import keep_fewer_activations
 from ..speed.allocator import active_allocator, recorded_allocator
 from ..speed.calibration import MAX_TOKENS, choose_cpu_matmul
 from ..speed.compile import compile_elementwise
-from ..speed.cpu_matmul import PARTS, everywhere, multiply_as, use_torch_matmul
-from ..speed.split_step import split_parts
+from ..speed.cpu_matmul import PARTS, multiply_as, recorded_matmul, use_torch_matmul
+from ..speed.split_step import choose_split
 from ..weights import save_trained
 from .callbacks import DivergenceGuard, ProgressBar, StopOnInterrupt, interrupt_requests
 from .checkpoints import reopen_run_folder, resumable_checkpoint
@@ -115,12 +115,13 @@ def train_in_group(config: Config, here: World) -> dict:
     matmul = from_main(matmul)
     onednn_linears = multiply_as(model, matmul)
     compiled = compile_elementwise(model) if config.train.compile else []  # after the passes: training compiles alone
-    # a record from before the split has no parts: that run trained unsplit
-    split = split_over_cores(config, trainer, model, here.size, record.get("split_parts", 1) if record else None)
+    split = choose_split(config.train, model, here.size, trainer.args.device.type == "cpu", record)
+    trainer.split_over_cores(split["parts"])
 
     with main_writes() as writer:
         if writer:
-            open_run_folder(config, output_dir, resume_from, record, fingerprint, matmul, split["parts"], here.size)
+            choices = {"data_sha256": fingerprint, "cpu_matmul": {p: matmul[p] for p in PARTS}, "split_parts": split["parts"]}
+            open_run_folder(config, output_dir, resume_from, record, choices, here.size)
     guard = DivergenceGuard(model)
     trainer.add_callback(guard)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -129,8 +130,6 @@ def train_in_group(config: Config, here: World) -> dict:
         try:
             result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         finally:
-            if trainer.split:
-                trainer.split.close()
             bar = trainer.pop_callback(ProgressBar)
             if bar:
                 bar.close()
@@ -140,8 +139,7 @@ def train_in_group(config: Config, here: World) -> dict:
     state = gathered_state(trainer)  # in every process: under FSDP or ZeRO each holds a shard
     with main_writes() as writer:
         saved_bytes = save_trained(model, output_dir, config.method, state) if writer and not guard.problem else 0
-    split_private = trainer.split.private_peak if trainer.split else 0
-    peaks = each_process(peak_memory()["peak_memory_bytes"] + split_private)
+    peaks = each_process(peak_memory()["peak_memory_bytes"] + trainer.split_private_bytes())
 
     summary = {
         "status": status,
@@ -171,7 +169,7 @@ def train_in_group(config: Config, here: World) -> dict:
         "estimated_memory_components": predicted["components"],
         **peak_memory(),
         "peak_memory_bytes": max(peaks),  # the largest process's, with the private memory of its step's copies
-        "split_copies_private_bytes": split_private,
+        "split_copies_private_bytes": trainer.split_private_bytes(),
         "peak_memory_bytes_per_process": peaks,
         "world_size": here.size,
         "global_batch_size": config.train.batch_size * config.train.gradient_accumulation_steps * here.size,
@@ -196,43 +194,15 @@ def train_in_group(config: Config, here: World) -> dict:
     return summary
 
 
-def split_over_cores(config: Config, trainer, model, processes: int, recorded: int | None) -> dict:
-    """Split each micro-batch over the CPU's cores (speed/split_step.py) where that applies, or as the run did when it
-    started (the parts decide the dropout masks: a resumed run draws as the first did); what was chosen and why."""
-    on_cpu = trainer.args.device.type == "cpu"
-    if recorded is not None and processes == 1 and on_cpu:
-        parts, why = recorded, f"as when the run started ({RUN_RECORD_FILE})"
-    elif not config.train.split_step:
-        parts, why = 1, "train.split_step: false"
-    else:
-        parts, why = split_parts(model, config.train.batch_size, processes, on_cpu)
-    if parts > 1:
-        trainer.split_over_cores(parts)
-    return {"parts": parts, "why": why}
-
-
-def recorded_matmul(recorded) -> dict[str, str]:
-    """The library of each part, from a run record: runs started before the LM head was chosen apart name one."""
-    return everywhere(recorded) if isinstance(recorded, str) else {part: recorded[part] for part in PARTS}
-
-
-def open_run_folder(
-    config: Config, output_dir: Path, resume_from, record: dict, fingerprint: str, matmul, parts: int, processes: int
-):
-    """Make (or reopen) the run's folder, with its config and the record of its run-time choices."""
+def open_run_folder(config: Config, output_dir: Path, resume_from, record: dict, choices: dict, processes: int):
+    """Make (or reopen) the run's folder, with its config and the record of its run-time `choices`."""
     if config.train.overwrite and not resume_from and output_dir.exists():
         shutil.rmtree(output_dir)  # only now that data, model and method are known to be good
     output_dir.mkdir(parents=True, exist_ok=True)
     reopen_run_folder(output_dir, resume_from)
     save_run_config(config, output_dir)
     if not record:
-        choices = {
-            "data_sha256": fingerprint,
-            "cpu_matmul": {part: matmul[part] for part in PARTS},
-            "split_parts": parts,
-            **recorded_allocator(),
-        }
-        write_run_record(output_dir, {**choices, "world_size": processes})
+        write_run_record(output_dir, {**choices, **recorded_allocator(), "world_size": processes})
     elif record.get("world_size", 1) != processes:
         write_run_record(output_dir, {**record, "world_size": processes})  # the next resume compares with this one
 

@@ -56,8 +56,21 @@ class LeanTrainer(CrashSafeCheckpoints, Trainer):
         return self.split.step(model, inputs, num_items_in_batch, *self.micro_batch)
 
     def split_over_cores(self, parts: int) -> None:
-        """Split each micro-batch's rows over `parts` processes (speed/split_step.py); the copies start at the first step."""
-        self.split = SplitStep(self.model, partial(Trainer.training_step, self), parts, self.args.seed)
+        """Split each micro-batch's rows over `parts` processes (speed/split_step.py; 1: unsplit); the copies start at
+        the first step and end with training."""
+        if parts > 1:
+            self.split = SplitStep(self.model, partial(Trainer.training_step, self), parts, self.args.seed)
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            if self.split:
+                self.split.close()
+
+    def split_private_bytes(self) -> int:
+        """The largest memory the split's copies held alone (0 unsplit), to add to this process's peak RSS."""
+        return self.split.private_peak if self.split else 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "position_ids" in inputs:  # packed rows
