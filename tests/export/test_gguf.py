@@ -73,8 +73,22 @@ def test_llama_cpp_answers_as_transformers_does(exported, merged, quant, dtype):
     for conversation, ids in zip(CONVERSATIONS, prompt_ids):
         assert verify.chat_prompt_ids(llm, conversation) == ids  # the template travelled with the file
         expected = verify.transformers_greedy(model, ids, NEW_TOKENS, stops)
-        assert verify.llama_cpp_greedy(llm, ids, NEW_TOKENS) == expected, tokenizer.decode(ids)
+        answer = verify.llama_cpp_greedy(llm, ids, NEW_TOKENS)
+        assert_same_answer_up_to_a_tie(model, ids, answer, expected, dtype, tokenizer.decode(ids))
     assert llm.token_eos() == template.answer_end_id(tokenizer)
+
+
+def assert_same_answer_up_to_a_tie(model, prompt_ids, answer, expected, dtype, prompt):
+    """llama.cpp's greedy answer is transformers', token for token, unless the two part where transformers' best token
+    leads llama.cpp's by less than one rounding step of the file's type at the logits' scale (llama.cpp rounds the
+    activations too, and adds in another order), after enough agreement that the weights are clearly the same."""
+    agreed = next((i for i, (a, b) in enumerate(zip(answer, expected)) if a != b), min(len(answer), len(expected)))
+    if answer == expected:
+        return
+    assert agreed >= 8 and agreed < min(len(answer), len(expected)), (prompt, answer, expected)
+    logits = verify.transformers_prompt_logits(model, prompt_ids + expected[:agreed])  # at the next position
+    margin = float(logits[expected[agreed]] - logits[answer[agreed]])
+    assert 0 <= margin <= torch.finfo(dtype).eps * float(logits.abs().max()), (prompt, agreed, margin)
 
 
 def test_q8_0_stays_close(exported, merged):

@@ -9,7 +9,7 @@ from helpers import LLAMA_7B, F, H, L, V
 from llm_tuning.cli import main
 from llm_tuning.cli.commands import parse_size
 from llm_tuning.errors import UserError
-from llm_tuning.memory.estimate import CPU_ALLOCATOR_FACTORS, FOUR_BIT_BYTES, cpu_malloc, estimate
+from llm_tuning.memory.estimate import CPU_ALLOCATOR_FACTORS, FOUR_BIT_BYTES, SPLIT_COPY_BASELINE_BYTES, cpu_malloc, estimate
 
 
 def components(folder, *overrides, device="cpu"):
@@ -32,9 +32,22 @@ def test_tcmalloc_runs_are_estimated_with_their_own_measured_figures(shapes):
 
 
 def test_components_add_up(shapes):
-    report = components(shapes["llama2-7b"])
+    report = components(shapes["llama2-7b"], "train.split_step=false")
     assert report["total_bytes"] == sum(report["components"].values())
     assert set(report["components"]) == {"weights", "gradients", "optimizer", "activations", "logits", "overhead"}
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_each_copy_of_a_split_step_adds_its_loss_buffer_gradients_and_baseline(shapes, threads, monkeypatch):
+    monkeypatch.setattr("torch.get_num_threads", lambda: threads)  # as on a CPU with that many
+    split = components(shapes["llama2-7b"], "train.batch_size=4")
+    unsplit = components(shapes["llama2-7b"], "train.batch_size=4", "train.split_step=false")["components"]
+    copies = threads - 1
+    assert split["components"].get("split_copies", 0) == copies * (
+        unsplit["logits"] + 2 * unsplit["gradients"] + SPLIT_COPY_BASELINE_BYTES
+    )
+    assert {k: v for k, v in split["components"].items() if k != "split_copies"} == unsplit  # activations shared out
+    assert components(shapes["llama2-7b"], "train.batch_size=4", device="cuda")["components"].get("split_copies") is None
 
 
 def test_weights_gradients_and_optimizer_follow_from_what_trains(shapes):

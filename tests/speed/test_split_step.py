@@ -10,7 +10,9 @@ from safetensors.torch import load_file
 
 from helpers import run_config
 from llm_tuning import train
+from llm_tuning.speed import split_step
 from llm_tuning.speed.split_step import SplitStep, part_seed, split_parts, split_rows, split_unsupported_reason
+from llm_tuning.training.trainer import LeanTrainer
 
 
 def squared_error_part(model, inputs, num_items_in_batch):
@@ -41,19 +43,21 @@ def test_split_rows_keeps_every_row_once_in_order():
         assert torch.equal(torch.cat([part[key] for part in parts]), inputs[key])
 
 
-def test_a_split_step_gives_the_unsplit_loss_and_gradients(linear):
+@pytest.mark.parametrize("parts", [2, 3])
+def test_a_split_step_gives_the_unsplit_loss_and_gradients(linear, parts):
     inputs = batch(6)
-    expected_loss = squared_error_part(linear, inputs, 6)
+    expected_loss = squared_error_part(linear, inputs, torch.tensor(6))
     expected = [p.grad.clone() for p in linear.parameters()]
     linear.zero_grad(set_to_none=True)
 
-    split = SplitStep(linear, squared_error_part, parts=2, seed=0)
+    split = SplitStep(linear, squared_error_part, parts=parts, seed=0)
     try:
-        loss = split.step(linear, inputs, 6, step=0, micro=0)
+        loss = split.step(linear, inputs, torch.tensor(6), step=0, micro=0)  # the Trainer's count is a tensor
         assert torch.allclose(loss, expected_loss, atol=1e-6)
         for param, grad in zip(linear.parameters(), expected):
             assert torch.allclose(param.grad, grad, atol=1e-6)
-        assert split.private_peak > 0  # the copy reports the memory it holds alone
+        assert len(split.peaks) == parts - 1  # each copy's memory, counted
+        assert split.private_bytes() == sum(split.peaks.values()) > 0
         with torch.no_grad():  # the copies see an optimizer step: the trained parameters are shared
             linear.weight += 1.0
         linear.zero_grad(set_to_none=True)
@@ -96,15 +100,38 @@ def test_each_part_of_each_micro_batch_draws_from_its_own_seed():
     assert part_seed(42, 3, 1, 1) != part_seed(43, 3, 1, 1)
 
 
-def test_the_split_applies_only_where_it_pays(linear):
-    assert split_unsupported_reason(linear, 4, 1, on_cpu=False) == "not on a CPU"
-    assert split_unsupported_reason(linear, 4, 2, on_cpu=True) == "the run already has a process per device"
-    assert split_unsupported_reason(linear, 1, 1, on_cpu=True) == "a micro-batch of one row"
-    assert split_unsupported_reason(linear, 4, 1, on_cpu=True) == "more than 5% of the parameters train"
+def test_a_parameter_without_a_gradient_in_the_copy_gets_none_not_zeros():
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict({"used": torch.nn.Linear(3, 1), "unused": torch.nn.Linear(3, 1)})
+
+    def part(module, inputs, num_items_in_batch):
+        return squared_error_part(module["used"], inputs, num_items_in_batch)
+
+    split = SplitStep(model, part, parts=2, seed=0)
+    try:
+        split.step(model, batch(4), 4, step=0, micro=0)
+    finally:
+        split.close()
+    assert all(p.grad is not None for p in model["used"].parameters())
+    assert all(p.grad is None for p in model["unused"].parameters())  # AdamW skips it, as without the split
+
+
+def test_the_split_applies_only_where_it_pays(linear, monkeypatch):
+    def reason(model, batch_size=4, processes=1, on_cpu=True, chunked_loss=True):
+        return split_unsupported_reason(model, batch_size, processes, on_cpu, chunked_loss)
+
+    assert reason(linear, on_cpu=False) == "not on a CPU"
+    assert reason(linear, chunked_loss=False).startswith("the model's own loss")
+    assert reason(linear, processes=2) == "the run already has a process per device"
+    assert reason(linear, batch_size=1) == "a micro-batch of one row"
+    assert reason(linear) == "more than 5% of the parameters train"
     linear.weight.requires_grad_(False)
     big = torch.nn.Sequential(linear, torch.nn.Linear(1, 100, bias=False).requires_grad_(False))
-    assert split_unsupported_reason(big, 4, 1, on_cpu=True) in (None, "one thread")
-    assert split_parts(big, 4, 1, on_cpu=True)[0] == (1 if torch.get_num_threads() < 2 else min(4, torch.get_num_threads()))
+    assert reason(big) in (None, "one thread")
+    assert split_parts(big, 4, 1, True, True)[0] == (1 if torch.get_num_threads() < 2 else min(4, torch.get_num_threads()))
+    monkeypatch.setattr(split_step, "shared_memory_free", lambda: 0)  # a full (or a container's tiny) /dev/shm
+    if torch.get_num_threads() >= 2:
+        assert reason(big).startswith("/dev/shm has less than")
 
 
 @pytest.fixture
@@ -115,21 +142,23 @@ def two_threads():
     torch.set_num_threads(before)
 
 
-def test_a_split_run_trains_as_the_unsplit_one(tiny_llama, records_path, tmp_path, two_threads):
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_a_split_run_trains_as_the_unsplit_one(tiny_llama, records_path, tmp_path, two_threads, accumulation):
     """Without dropout the parts' gradients add up to the whole batch's: the same adapters, to fp32 rounding."""
     summaries = {}
     for split in (True, False):
+        train_section = {"max_steps": 3, "batch_size": 4, "logging_steps": 1, "split_step": split, "cpu_matmul": "torch"}
         config = run_config(
             tiny_llama,
             records_path,
             tmp_path / str(split),
             method={"lora_dropout": 0.0},
-            train={"max_steps": 3, "batch_size": 4, "logging_steps": 1, "split_step": split, "cpu_matmul": "torch"},
+            train={**train_section, "batch_size": 4 // accumulation, "gradient_accumulation_steps": accumulation},
         )
         summaries[split] = train(config)
     assert summaries[True]["speed_choices"]["split_step"]["parts"] == 2
+    assert summaries[True]["peak_memory_bytes"] > summaries[True]["split_copies_private_bytes"] > 0
     assert summaries[False]["speed_choices"]["split_step"] == {"parts": 1, "why": "train.split_step: false"}
-    assert summaries[True]["split_copies_private_bytes"] > 0
     assert summaries[False]["split_copies_private_bytes"] == 0
     losses = {split: [entry["loss"] for entry in summary["loss_history"]] for split, summary in summaries.items()}
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
@@ -148,3 +177,20 @@ def test_a_micro_batch_of_one_row_runs_unsplit(linear):
     linear.zero_grad(set_to_none=True)
     assert torch.allclose(loss, squared_error_part(linear, inputs, 1))
     assert all(torch.equal(p.grad, g) for p, g in zip(linear.parameters(), grads))
+
+
+def test_training_ends_its_copies_even_when_it_fails(tiny_llama, records_path, tmp_path, two_threads, monkeypatch):
+    started = []
+    split_step_of = LeanTrainer.training_step
+
+    def failing_at_the_second_step(self, *args, **kwargs):
+        if self.state.global_step == 1:
+            started.extend(process for process, _, _ in self.split.workers)
+            raise RuntimeError("failed on purpose")
+        return split_step_of(self, *args, **kwargs)
+
+    monkeypatch.setattr(LeanTrainer, "training_step", failing_at_the_second_step)
+    config = run_config(tiny_llama, records_path, tmp_path / "run", train={"max_steps": 3, "batch_size": 4})
+    with pytest.raises(RuntimeError, match="failed on purpose"):
+        train(config)
+    assert started and not any(process.is_alive() for process in started)  # none is left running

@@ -149,8 +149,8 @@ class TrainConfig:
     split_step: bool = option(
         True,
         "On a CPU, share each micro-batch's rows out between this process and a forked copy of it per further core, each "
-        "pass single-threaded, where that applies (one process, a micro-batch of 2 rows or more, at most 5% of the "
-        "parameters trained); false lets the cores' threads share every operation instead (docs/speed.md).",
+        "pass single-threaded, where that applies (one process, a micro-batch of 2 rows or more, the chunked loss, at most "
+        "5% of the parameters trained); false lets the cores' threads share every operation instead (docs/speed.md).",
     )
     compile: bool = option(
         False,

@@ -43,8 +43,7 @@ CHUNKED_LOGITS_COPIES = 1  # one chunk's fp32 logits, turned into their gradient
 # than autograd saves: on glibc with torch's large blocks on huge pages, and on tcmalloc, which reuses freed blocks
 # by size (speed/allocator.py)
 CPU_ALLOCATOR_FACTORS = {"glibc": 1.6, "tcmalloc": 1.5}
-# measured on the speed benchmark's run (SmolLM2-135M, LoRA, 4 rows of 384 tokens, tcmalloc): what each forked copy of
-# a split step (speed/split_step.py) holds beyond its rows' activations, its loss buffer and its gradients
+# measured on the speed benchmark's run (SmolLM2-135M, LoRA, 4 x 384 tokens, tcmalloc): a split step's copy's baseline
 SPLIT_COPY_BASELINE_BYTES = 96 * 2**20
 
 
@@ -94,17 +93,18 @@ def estimate(
         # The model's own weight gradients are allocated layer by layer in the backward pass while that layer's
         # activations are freed: the smaller of the two is not held on top of the other (measured: full, freeze).
         components["overlap"] = -min(components["gradients"], activations)
-    copies = split_parts(model, config.train.batch_size, processes, device == "cpu")[0] - 1 if config.train.split_step else 0
-    if copies:  # activations are shared out; each copy: its loss buffer, its gradients twice (its own, the shared ones)
-        components["split_copies"] = copies * (components["logits"] + 2 * components["gradients"] + SPLIT_COPY_BASELINE_BYTES)
+    chunked = bool(config.train.loss_chunk_size) and chunked_loss_unsupported_reason(model) is None
+    parts = split_parts(model, config.train.batch_size, processes, device == "cpu", chunked)[0] if config.train.split_step else 1
+    if parts > 1:  # activations are shared out; each copy: its loss buffer, its gradients twice (its own, the shared ones)
+        per_copy = components["logits"] + 2 * components["gradients"] + SPLIT_COPY_BASELINE_BYTES
+        components["split_copies"] = (parts - 1) * per_copy
     if quantized_params and device == "cpu":
         # measured: bitsandbytes' CPU kernels keep dequantized copies of the weights for the backward pass
         components["dequantized"] = quantized_params * 4
     if device == "cuda":
         allocated = sum(v for k, v in components.items() if k != "overhead")
         components["overhead"] += int(allocated * (CUDA_ALLOCATOR_SLACK - 1))
-    assumptions = {}
-    host_bytes = 0
+    assumptions, host_bytes = {}, 0
     if processes > 1:
         host_bytes = share_between_processes(components, assumptions, sharding_of(config), processes, model)
     components = {k: int(v) for k, v in components.items()}

@@ -14,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import resource
 import signal
+import time
 import traceback
 import warnings
 from contextlib import contextmanager
@@ -28,7 +30,7 @@ from ..resume import RUN_RECORD_FILE
 MAX_TRAINABLE_SHARE = 0.05
 
 
-def choose_split(train, model, processes: int, on_cpu: bool, record: dict) -> dict:
+def choose_split(train, model, processes: int, on_cpu: bool, record: dict, chunked_loss: bool) -> dict:
     """Into how many parts each micro-batch is split, and why: in a resumed run (`record`, its run record) as when it
     started, since the parts decide the dropout masks (a record from before the split: unsplit); else by the config
     `train` section's `split_step` and where the split applies."""
@@ -36,23 +38,26 @@ def choose_split(train, model, processes: int, on_cpu: bool, record: dict) -> di
         return {"parts": record.get("split_parts", 1), "why": f"as when the run started ({RUN_RECORD_FILE})"}
     if not train.split_step:
         return {"parts": 1, "why": "train.split_step: false"}
-    parts, why = split_parts(model, train.batch_size, processes, on_cpu)
+    parts, why = split_parts(model, train.batch_size, processes, on_cpu, chunked_loss)
     return {"parts": parts, "why": why}
 
 
-def split_parts(model, batch_size: int, processes: int, on_cpu: bool) -> tuple[int, str]:
+def split_parts(model, batch_size: int, processes: int, on_cpu: bool, chunked_loss: bool) -> tuple[int, str]:
     """Into how many parts a micro-batch is split here (1: not split), and why."""
-    blocked = split_unsupported_reason(model, batch_size, processes, on_cpu)
+    blocked = split_unsupported_reason(model, batch_size, processes, on_cpu, chunked_loss)
     if blocked:
         return 1, blocked
     parts = min(torch.get_num_threads(), batch_size)
     return parts, f"{parts} threads: each computes a part of every micro-batch's rows in its own process"
 
 
-def split_unsupported_reason(model, batch_size: int, processes: int, on_cpu: bool) -> str | None:
-    """Why the step cannot be split here, or None."""
+def split_unsupported_reason(model, batch_size: int, processes: int, on_cpu: bool, chunked_loss: bool) -> str | None:
+    """Why the step cannot be split here, or None. `chunked_loss`: whether training/loss.py computes the loss, which
+    divides by the whole batch's labelled tokens, so that the parts' losses add up (a model's own loss may not)."""
     if not on_cpu:
         return "not on a CPU"
+    if not chunked_loss:
+        return "the model's own loss (train.loss_chunk_size 0, or the chunked loss does not apply)"
     if processes > 1:
         return "the run already has a process per device"
     if torch.get_num_threads() < 2:
@@ -63,7 +68,19 @@ def split_unsupported_reason(model, batch_size: int, processes: int, on_cpu: boo
     total = sum(p.numel() for p in model.parameters())
     if trainable > MAX_TRAINABLE_SHARE * total:
         return f"more than {MAX_TRAINABLE_SHARE:.0%} of the parameters train"
+    shared = 4 * trainable * (1 + min(torch.get_num_threads(), batch_size))  # the parameters, a gradient buffer per copy
+    if shared_memory_free() < 2 * shared:
+        return f"/dev/shm has less than {2 * shared / 2**20:.0f} MiB free for the trained parameters and gradients"
     return None
+
+
+def shared_memory_free() -> int:
+    """Free bytes in /dev/shm, where torch puts shared tensors (a container's may be 64 MiB); 0 without it."""
+    try:
+        stat = os.statvfs("/dev/shm")
+    except OSError:
+        return 0
+    return stat.f_bavail * stat.f_frsize
 
 
 class SplitStep:
@@ -74,7 +91,11 @@ class SplitStep:
         self.model, self.run_part, self.parts, self.seed = model, run_part, parts, seed
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.workers: list[tuple] = []  # (process, connection, gradient buffer)
-        self.private_peak = 0  # the copies' largest private memory, added to this process's peak RSS
+        self.peaks: dict[int, int] = {}  # per copy (pid), the largest memory it held alone
+
+    def private_bytes(self) -> int:
+        """What the copies held alone at their peaks, together: to add to this process's peak RSS."""
+        return sum(self.peaks.values())
 
     def start(self) -> None:
         for param in self.params:
@@ -110,24 +131,31 @@ class SplitStep:
         for process, connection, grads in busy:
             reply = receive(process, connection)
             total += reply["loss"]
-            self.private_peak = max(self.private_peak, reply["private_bytes"])
-            add_gradients(self.params, grads)
+            self.peaks[process.pid] = max(self.peaks.get(process.pid, 0), reply["peak_private_bytes"])
+            add_gradients(self.params, grads, reply["has_grad"])
         return total
 
     def close(self) -> None:
-        for process, connection, _ in self.workers:
+        """Ask every copy to end, give them 10 s together, then kill what is left."""
+        for _, connection, _ in self.workers:
             try:
                 connection.send(None)
-            except (BrokenPipeError, OSError):
+            except OSError:  # already gone
                 pass
-            process.join(timeout=10)
+        deadline = time.monotonic() + 10
+        for process, connection, _ in self.workers:
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
             if process.is_alive():
                 process.kill()
+                process.join()
+            connection.close()
         self.workers = []
 
     def _serve(self, connection, grads: torch.Tensor) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C and ends the copies
         torch.set_num_threads(1)
+        for param in self.params:  # what the main process had accumulated is its own
+            param.grad = None
         while True:
             try:
                 request = connection.recv()
@@ -139,8 +167,9 @@ class SplitStep:
             try:
                 torch.manual_seed(seed)
                 loss = self.run_part(self.model, inputs, num_items_in_batch)
-                take_gradients(self.params, grads)
-                connection.send({"loss": float(loss), "private_bytes": private_bytes()})
+                has_grad = take_gradients(self.params, grads)
+                reply = {"loss": float(loss), "has_grad": has_grad, "peak_private_bytes": peak_private_bytes()}
+                connection.send(reply)
             except BaseException as error:  # noqa: BLE001 - reported to the main process, which fails the run
                 connection.send({"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()})
                 return
@@ -163,27 +192,28 @@ def part_seed(seed: int, step: int, micro: int, part: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1  # torch.manual_seed takes up to 2**63 - 1
 
 
-def take_gradients(params: list, grads: torch.Tensor) -> None:
-    """Move a copy's gradients into its shared buffer, leaving none behind for the next micro-batch."""
-    offset = 0
+def take_gradients(params: list, grads: torch.Tensor) -> list[bool]:
+    """Move a copy's gradients into its shared buffer, leaving none behind for the next micro-batch; which it had (a
+    parameter without a gradient is not one with a zero gradient: the optimizer skips it)."""
+    offset, has_grad = 0, []
     for param in params:
-        view = grads[offset : offset + param.numel()]
-        if param.grad is None:
-            view.zero_()
-        else:
-            view.copy_(param.grad.reshape(-1))
+        has_grad.append(param.grad is not None)
+        if param.grad is not None:
+            grads[offset : offset + param.numel()].copy_(param.grad.reshape(-1))
         param.grad = None
         offset += param.numel()
+    return has_grad
 
 
-def add_gradients(params: list, grads: torch.Tensor) -> None:
+def add_gradients(params: list, grads: torch.Tensor, has_grad: list[bool]) -> None:
     offset = 0
-    for param in params:
-        view = grads[offset : offset + param.numel()].view_as(param).to(param.dtype)  # fp32 in the buffer
-        if param.grad is None:
-            param.grad = view.clone()
-        else:
-            param.grad += view
+    for param, present in zip(params, has_grad):
+        if present:
+            view = grads[offset : offset + param.numel()].view_as(param).to(param.dtype)  # fp32 in the buffer
+            if param.grad is None:
+                param.grad = view.clone()
+            else:
+                param.grad += view
         offset += param.numel()
 
 
@@ -202,17 +232,21 @@ def ended(process) -> RuntimeError:
     return RuntimeError(f"{process.name} of the split training step ended (exit code {process.exitcode})")
 
 
-def private_bytes() -> int:
-    """Memory this process holds alone (its pages not shared with the main process), from /proc/self/smaps_rollup."""
-    total = 0
+def peak_private_bytes() -> int:
+    """The most memory this process (a copy) has held alone: what it holds alone now (Private_Clean + Private_Dirty in
+    /proc/self/smaps_rollup: pages it wrote since the fork, and its own) plus how far its peak RSS stood above its RSS
+    now (pages it has freed since: activations, on a malloc that returns them)."""
+    fields = {}
     try:
         with open("/proc/self/smaps_rollup") as smaps:
             for line in smaps:
-                if line.startswith(("Private_Clean:", "Private_Dirty:")):
-                    total += int(line.split()[1]) * 1024
+                name, _, rest = line.partition(":")
+                if name in ("Rss", "Private_Clean", "Private_Dirty"):
+                    fields[name] = int(rest.split()[0]) * 1024
     except OSError:
         return 0
-    return total
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux, where smaps_rollup is
+    return fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0) + max(0, peak_rss - fields.get("Rss", 0))
 
 
 @contextmanager

@@ -115,7 +115,7 @@ def train_in_group(config: Config, here: World) -> dict:
     matmul = from_main(matmul)
     onednn_linears = multiply_as(model, matmul)
     compiled = compile_elementwise(model) if config.train.compile else []  # after the passes: training compiles alone
-    split = choose_split(config.train, model, here.size, trainer.args.device.type == "cpu", record)
+    split = choose_split(config.train, model, here.size, trainer.args.device.type == "cpu", record, bool(trainer.loss_chunk_size))
     trainer.split_over_cores(split["parts"])
 
     with main_writes() as writer:

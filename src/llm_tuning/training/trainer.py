@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import inspect
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -36,7 +35,8 @@ class LeanTrainer(CrashSafeCheckpoints, Trainer):
     pass: packed batches go in without their attention mask (so restarting position ids make attention
     block-diagonal) and with their samples' lengths (`packed_segments`, for speed/packed_attention.packed_sdpa),
     and, when `loss_chunk_size` is set, the loss comes from the decoder's hidden states through
-    LabelledCrossEntropy instead of full logits."""
+    LabelledCrossEntropy instead of full logits. On a CPU, each micro-batch's rows may be split over the cores, in
+    forked copies of this process (speed/split_step.py)."""
 
     def __init__(
         self, *args, loss_chunk_size: int = 0, packed_attention: bool = False, keep_checkpoints: int | None = None, **kwargs
@@ -59,9 +59,10 @@ class LeanTrainer(CrashSafeCheckpoints, Trainer):
         """Split each micro-batch's rows over `parts` processes (speed/split_step.py; 1: unsplit); the copies start at
         the first step and end with training."""
         if parts > 1:
-            self.split = SplitStep(self.model, partial(Trainer.training_step, self), parts, self.args.seed)
+            self.split = SplitStep(self.model, super().training_step, parts, self.args.seed)
 
     def train(self, *args, **kwargs):
+        self.micro_batch = (-1, 0)  # a resumed run counts from its checkpoint's step
         try:
             return super().train(*args, **kwargs)
         finally:
@@ -70,7 +71,7 @@ class LeanTrainer(CrashSafeCheckpoints, Trainer):
 
     def split_private_bytes(self) -> int:
         """The largest memory the split's copies held alone (0 unsplit), to add to this process's peak RSS."""
-        return self.split.private_peak if self.split else 0
+        return self.split.private_bytes() if self.split else 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "position_ids" in inputs:  # packed rows
