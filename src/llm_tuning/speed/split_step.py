@@ -23,6 +23,7 @@ from contextlib import contextmanager
 
 import torch
 
+from ..params import count_parameters
 from ..resume import RUN_RECORD_FILE
 
 # a copy's gradients travel through shared memory: past this share of the model's parameters, holding them twice
@@ -64,8 +65,7 @@ def split_unsupported_reason(model, batch_size: int, processes: int, on_cpu: boo
         return "one thread"
     if batch_size < 2:
         return "a micro-batch of one row"
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    trainable, total = count_parameters(model)
     if trainable > MAX_TRAINABLE_SHARE * total:
         return f"more than {MAX_TRAINABLE_SHARE:.0%} of the parameters train"
     shared = 4 * trainable * (1 + min(torch.get_num_threads(), batch_size))  # the parameters, a gradient buffer per copy
