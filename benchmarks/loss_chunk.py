@@ -28,7 +28,7 @@ def time_chunk_sizes(rounds: int) -> dict:
     import torch
     from torch import nn
 
-    from llm_tuning.speed.cpu_matmul import use_onednn_matmul, use_torch_matmul
+    from llm_tuning.speed.cpu_matmul import everywhere, multiply_as
     from llm_tuning.training.loss import labelled_loss
 
     torch.manual_seed(0)
@@ -40,7 +40,7 @@ def time_chunk_sizes(rounds: int) -> dict:
     best = {}
     for round_ in range(rounds + 1):  # the first round warms up
         for library in LIBRARIES:
-            use_onednn_matmul(model) if library == "onednn" else use_torch_matmul(model)
+            multiply_as(model, everywhere(library))  # a model without an LM head: its one linear layer is "layers"
             for chunk in CHUNK_SIZES:
                 started = time.perf_counter()
                 labelled_loss(hidden, model.head, labels, None, chunk).backward()

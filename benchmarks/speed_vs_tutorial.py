@@ -60,7 +60,7 @@ COMMON = [
 # label: (overrides, environment); the defaults pack rows (with per-sample attention), compute the loss in chunks,
 # keep lean activations, run on tcmalloc where installed (allocator.py; on glibc they put large blocks on transparent
 # huge pages instead: THP_MEM_ALLOC_ENABLE) and multiply frozen layers and the LM head with the libraries measured
-# fastest at start-up (train.cpu_matmul=auto)
+# fastest at start-up (train.cpu_matmul=auto: oneDNN, OpenBLAS or torch's own)
 PRECISIONS = {"fp32": [], "bf16": ["model.dtype=bfloat16", "train.precision=bf16"]}  # llm-tuning's overrides for each
 PLAIN_TORCH = {"THP_MEM_ALLOC_ENABLE": "0"}  # torch's default, whatever this process inherited from importing llm_tuning
 GLIBC = {"LLM_TUNING_ALLOCATOR": "system"}
@@ -90,7 +90,7 @@ LEVERS = {
         {**GLIBC, **GLIBC_LARGE, **PLAIN_TORCH},
     ),
     "llm-tuning, defaults on glibc, mmap threshold fixed at 128 KiB (trim at 1 GiB)": ([], {**GLIBC, **GLIBC_SMALL}),
-    "llm-tuning, defaults without oneDNN products (train.cpu_matmul=torch)": (["train.cpu_matmul=torch"], {}),
+    "llm-tuning, defaults with torch's products only (train.cpu_matmul=torch)": (["train.cpu_matmul=torch"], {}),
     "llm-tuning, none of them": (NONE_OF_THEM, {**PLAIN_TORCH, **GLIBC}),
     "llm-tuning, defaults + gradient checkpointing": (["train.gradient_checkpointing=true"], {}),
     "llm-tuning, defaults + train.compile": (["train.compile=true"], {}),

@@ -1,8 +1,8 @@
 """Which library makes the speed benchmark's training pass faster, timed as `train.cpu_matmul=auto` times it
 (speed/calibration.py): forward and backward of the first rows of the first micro-batch through the Trainer's own
 loss, each combination of torch's products (MKL) and oneDNN's for the layers and the LM head alternating, after a
-pass that warms up. Each row of the table is a number of rows of that micro-batch; `auto` measures the rows that
-fit in calibration.MAX_TOKENS.
+pass that warms up, with all of torch's threads (an unsplit step; `auto` times each part in turn). Each row of the
+table is a number of rows of that micro-batch; unsplit, `auto` measures the rows that fit in calibration.MAX_TOKENS.
 
     python benchmarks/step_matmul.py [--rounds 3] [--output FILE]
 
@@ -29,33 +29,34 @@ def time_passes(rounds: int) -> list[dict]:
     from llm_tuning.speed import calibration
     from llm_tuning.speed.cpu_matmul import everywhere
     from llm_tuning.training import run as training
+    from llm_tuning.training.trainer import first_batch_pass
 
     work = Path(tempfile.mkdtemp(prefix="llm-tuning-step-matmul-"))
     train, _ = split_records(json.loads(DATA.read_text(encoding="utf-8")), work)
-    trainers, rows = [], []
-    build_trainer = training.build_trainer
+    rows = []
+    combinations = {
+        f"layers {layers}, head {head}": {"layers": layers, "head": head}
+        for layers in ("torch", "onednn")
+        for head in ("torch", "onednn")
+    }
 
-    def keep_trainer(*args, **kwargs):
-        trainers.append(build_trainer(*args, **kwargs))
-        return trainers[-1]
-
-    def timed_choice(model, *_):  # in place of choose_cpu_matmul: its own pass and tokens are not used
+    def timed_choice(trainer, model, *_):  # in place of cpu_matmul_choice: its own pass and tokens are not used
         for count in range(1, BATCH + 1):
-            one_pass, tokens = training.first_batch_pass(trainers[-1], count * MAX_LENGTH)
-            seconds = [calibration.measure(model, one_pass) for _ in range(rounds)]
+            one_pass, tokens = first_batch_pass(trainer, count * MAX_LENGTH)
+            seconds = [calibration.measure(model, one_pass, combinations) for _ in range(rounds)]
             best = {name: min(s[name] for s in seconds) for name in seconds[0]}
             rows.append({"rows": count, "tokens": tokens, "seconds": best})
             print(f"  {count} row(s): {best}", file=sys.stderr, flush=True)
         return {**everywhere("torch"), "why": "benchmarks/step_matmul.py"}
 
-    training.build_trainer, training.choose_cpu_matmul = keep_trainer, timed_choice
+    training.cpu_matmul_choice = timed_choice
     overrides = [*COMMON, f"data.path={train}", f"train.output_dir={work / 'run'}", f"data.max_length={MAX_LENGTH}"]
     training.train({}, [*overrides, f"train.batch_size={BATCH}", "train.max_steps=1"])
     return rows
 
 
 def table(rows: list[dict], rounds: int) -> str:
-    from llm_tuning.speed.calibration import MAX_TOKENS, ROUNDS, fastest
+    from llm_tuning.speed.calibration import MARGIN, MAX_TOKENS, ROUNDS
 
     names = list(rows[0]["seconds"])
     lines = [
@@ -68,8 +69,14 @@ def table(rows: list[dict], rounds: int) -> str:
     for row in rows:
         measured = " (what `auto` measures)" if row["tokens"] <= MAX_TOKENS < row["tokens"] + MAX_LENGTH else ""
         timings = " | ".join(f"{row['seconds'][name]:.3f}" for name in names)
-        lines.append(f"| {row['rows']} ({row['tokens']} tokens){measured} | {timings} | {fastest(row['seconds'])} |")
+        lines.append(f"| {row['rows']} ({row['tokens']} tokens){measured} | {timings} | {fastest(row['seconds'], MARGIN)} |")
     return "\n".join(lines)
+
+
+def fastest(seconds: dict[str, float], margin: float) -> str:
+    """The fastest combination, if clearly faster than torch's products everywhere, as `auto` decides."""
+    plain, best = "layers torch, head torch", min(seconds, key=seconds.get)
+    return best if seconds[best] < margin * seconds[plain] else plain
 
 
 def main() -> None:

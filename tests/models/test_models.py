@@ -17,9 +17,11 @@ def test_local_folder_and_errors(tiny_llama, tmp_path):
 
 
 def test_hub_load_failure_is_a_clear_error(monkeypatch):
+    import huggingface_hub
     import transformers
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no reachability probe: the Hugging Face cache is asked
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import: else config.json is fetched
     assert resolve_model_path("someone/some-model") == "someone/some-model"
 
     def offline(*args, **kwargs):

@@ -10,11 +10,10 @@ from safetensors.torch import load_file
 from helpers import lora_model, run_config, torch_equal
 from llm_tuning import train
 from llm_tuning.speed import calibration
-from llm_tuning.speed.cpu_matmul import PARTS, everywhere, frozen_linears, uses_onednn
+from llm_tuning.speed.cpu_matmul import PARTS, everywhere, frozen_linears, library_of, offered_libraries
 
-needs_onednn = pytest.mark.skipif(
-    not calibration.onednn_offered(), reason="auto measures oneDNN only where torch offers it on x86"
-)
+ALL = ("torch", "onednn", "openblas")
+needs_all = pytest.mark.skipif(offered_libraries() != ALL, reason="auto offers oneDNN only on x86, OpenBLAS with numpy's")
 
 
 @pytest.fixture
@@ -23,13 +22,26 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "speed" / "cpu_matmul.json"
 
 
+@pytest.fixture
+def offered(monkeypatch):
+    monkeypatch.setattr(calibration, "offered_libraries", lambda: ALL)
+
+
+def measured_part(candidates: dict) -> str:
+    """The part whose library the candidates vary."""
+    return next(part for part in PARTS if len({config[part] for config in candidates.values()}) > 1)
+
+
 def timed(monkeypatch, faster: dict) -> list:
-    """measure() replaced: 1 s for every configuration but those in `faster` (label: seconds)."""
+    """measure() replaced: 1 s for every library but those in `faster` ((part, library): seconds); returns each call's
+    (part, {library: config})."""
     calls = []
 
-    def fake_measure(model, one_pass, parts):
-        calls.append(one_pass)
-        return {**dict.fromkeys(calibration.configurations(parts), 1.0), **faster}
+    def fake_measure(model, one_pass, candidates):
+        assert one_pass is no_pass
+        part = measured_part(candidates)
+        calls.append((part, candidates))
+        return {library: faster.get((part, library), 1.0) for library in candidates}
 
     monkeypatch.setattr(calibration, "measure", fake_measure)
     return calls
@@ -42,57 +54,67 @@ def no_pass():
 @pytest.mark.parametrize(
     "faster, chosen",
     [
-        ({"layers onednn, head onednn": 0.5, "layers torch, head onednn": 0.7}, everywhere("onednn")),
-        ({"layers torch, head onednn": 0.9, "layers onednn, head onednn": 0.95}, {"layers": "torch", "head": "onednn"}),
-        ({"layers onednn, head torch": 0.8, "layers onednn, head onednn": 1.2}, {"layers": "onednn", "head": "torch"}),
-        ({"layers onednn, head onednn": 0.99}, everywhere("torch")),  # within the margin: torch's products stay
-        ({"layers onednn, head onednn": 1.5}, everywhere("torch")),
+        ({("layers", "onednn"): 0.5, ("head", "openblas"): 0.7}, {"layers": "onednn", "head": "openblas"}),
+        ({("layers", "openblas"): 0.9, ("layers", "onednn"): 0.95}, {"layers": "openblas", "head": "torch"}),
+        ({("head", "onednn"): 0.8}, {"layers": "torch", "head": "onednn"}),
+        ({("layers", "onednn"): 0.99, ("head", "openblas"): 0.98}, everywhere("torch")),  # within the margin: torch's
+        ({("layers", "onednn"): 1.5}, everywhere("torch")),
     ],
 )
-def test_auto_takes_the_combination_measured_fastest(tiny_llama, cache, monkeypatch, faster, chosen):
+def test_auto_takes_the_library_measured_fastest_for_each_part_in_turn(tiny_llama, cache, monkeypatch, offered, faster, chosen):
     calls = timed(monkeypatch, faster)
-    choice = calibration.choose_cpu_matmul(lora_model(tiny_llama), "auto", no_pass, 256)
-    assert {part: choice[part] for part in PARTS} == chosen and calls == [no_pass]
-    assert all(f"{name} " in choice["why"] for name in calibration.configurations(PARTS)) and "256 tokens" in choice["why"]
+    choice = calibration.choose_cpu_matmul(lora_model(tiny_llama), "auto", no_pass, 256, threads_per_pass=1)
+    assert {part: choice[part] for part in PARTS} == chosen
+    (first, layers), (second, head) = calls
+    assert (first, second) == PARTS and list(layers) == list(head) == list(ALL)
+    assert all(config == {"layers": library, "head": "torch"} for library, config in layers.items())
+    assert all(config == {"layers": chosen["layers"], "head": library} for library, config in head.items())  # the winner
+    assert all(f"{part}: torch 1" in choice["why"] for part in PARTS) and "256 tokens" in choice["why"]
+    assert "with 1 thread," in choice["why"]
 
 
-def test_a_head_that_keeps_torchs_products_is_not_measured(tiny_llama, cache, monkeypatch):
-    measured = []
-    monkeypatch.setattr(
-        calibration,
-        "measure",
-        lambda model, one_pass, parts: (
-            measured.append(parts) or {"layers torch, head torch": 1.0, "layers onednn, head torch": 0.5}
-        ),
-    )
-    choice = calibration.choose_cpu_matmul(lora_model(tiny_llama), "auto", no_pass, 64, head_follows=False)
-    assert measured == [("layers",)] and (choice["layers"], choice["head"]) == ("onednn", "torch")
-    assert "head onednn" not in choice["why"]
+def test_openblas_is_measured_only_with_one_thread_per_process(tiny_llama, cache, monkeypatch, offered):
+    calls = timed(monkeypatch, {("layers", "openblas"): 0.5})
+    choice = calibration.choose_cpu_matmul(lora_model(tiny_llama), "auto", no_pass, 64, threads_per_pass=2)
+    assert [list(candidates) for _, candidates in calls] == [["torch", "onednn"]] * 2 and choice["layers"] == "torch"
+    assert "with 2 threads," in choice["why"]
 
 
-def test_measured_once_per_machine(tiny_llama, cache, monkeypatch):
-    calls = timed(monkeypatch, {"layers torch, head onednn": 0.5})
+def test_a_head_measured_only_with_the_libraries_training_would_multiply_it_with(tiny_llama, cache, monkeypatch, offered):
+    calls = timed(monkeypatch, {("layers", "onednn"): 0.5, ("head", "onednn"): 0.5})
+    model = lora_model(tiny_llama)
+    not_onednn = lambda library: library != "onednn"  # noqa: E731 - as on glibc (loss.head_follows_cpu_matmul)
+    choice = calibration.choose_cpu_matmul(model, "auto", no_pass, 64, head_follows=not_onednn, threads_per_pass=1)
+    assert [(part, list(candidates)) for part, candidates in calls] == [("layers", list(ALL)), ("head", ["torch", "openblas"])]
+    assert (choice["layers"], choice["head"]) == ("onednn", "torch")
+    calls.clear()
+    choice = calibration.choose_cpu_matmul(model, "auto", no_pass, 64, head_follows=not_onednn, threads_per_pass=2)
+    assert [part for part, _ in calls] == ["layers"] and "head:" not in choice["why"]  # torch's alone: nothing to measure
+
+
+def test_measured_once_per_machine(tiny_llama, cache, monkeypatch, offered):
+    calls = timed(monkeypatch, {("head", "onednn"): 0.5})
     model = lora_model(tiny_llama)
     first = calibration.choose_cpu_matmul(model, "auto", no_pass, 64)
     again = calibration.choose_cpu_matmul(model, "auto", no_pass, 64)
-    assert len(calls) == 1 and again["layers"] == first["layers"] == "torch" and again["head"] == first["head"] == "onednn"
+    assert len(calls) == 2 and again["layers"] == first["layers"] == "torch" and again["head"] == first["head"] == "onednn"
     assert again["why"].endswith("(measured before on this CPU, cached)") and "measuring took" not in again["why"]
     calibration.choose_cpu_matmul(model, "auto", no_pass, 50)  # about as many tokens (unpacked widths vary): cached
-    assert len(calls) == 1
+    assert len(calls) == 2
     threads = torch.get_num_threads()
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads + 1)  # another thread count: measured again
     calibration.choose_cpu_matmul(model, "auto", no_pass, 64)
     calibration.choose_cpu_matmul(model, "auto", no_pass, 128)  # and another number of tokens
-    assert len(calls) == 3 and cache.is_file()
+    assert len(calls) == 6 and cache.is_file()
 
 
 def test_a_setting_is_obeyed_without_measuring(tiny_llama, cache, monkeypatch):
-    calls = timed(monkeypatch, {"layers onednn, head onednn": 0.5})
+    calls = timed(monkeypatch, {("layers", "onednn"): 0.5})
     assert calibration.choose_cpu_matmul(lora_model(tiny_llama), "auto", no_pass, 64, cpu_fp32=False) == {
         **everywhere("torch"),
         "why": "training does not compute in fp32 on the CPU",
     }
-    for setting in ("torch", "onednn"):
+    for setting in ALL:
         assert calibration.choose_cpu_matmul(lora_model(tiny_llama), setting, no_pass, 64) == {
             **everywhere(setting),
             "why": f"train.cpu_matmul={setting}",
@@ -100,27 +122,25 @@ def test_a_setting_is_obeyed_without_measuring(tiny_llama, cache, monkeypatch):
     assert not calls
 
 
-OTHER = {"torch": "onednn", "onednn": "torch"}
-
-
-@needs_onednn
-@pytest.mark.parametrize("slow_layers, slow_head", [("onednn", "onednn"), ("torch", "onednn"), ("onednn", "torch")])
-def test_the_passes_time_each_combination_and_the_fastest_wins(tiny_llama, cache, slow_layers, slow_head):
+@needs_all
+@pytest.mark.parametrize("fast_layers, fast_head", [("onednn", "openblas"), ("openblas", "torch"), ("torch", "onednn")])
+def test_the_passes_time_each_library_and_the_fastest_wins(tiny_llama, cache, fast_layers, fast_head):
     model = lora_model(tiny_llama)
     parts = frozen_linears(model)
     layer, (head,) = parts["layers"][0], parts["head"]
     seen = []
 
-    def one_pass():  # as slow as the model's products make it: here, a pause under one library for each part
-        libraries = tuple("onednn" if uses_onednn(linear) else "torch" for linear in (layer, head))
+    def one_pass():  # as slow as the model's products make it: here, a pause under all libraries but one, per part
+        libraries = tuple(library_of(linear) for linear in (layer, head))
         seen.append(libraries)
-        time.sleep(0.06 * (libraries[0] == slow_layers) + 0.03 * (libraries[1] == slow_head))
+        time.sleep(0.06 * (libraries[0] != fast_layers) + 0.03 * (libraries[1] != fast_head))
 
-    choice = calibration.choose_cpu_matmul(model, "auto", one_pass, 64)
-    assert (choice["layers"], choice["head"]) == (OTHER[slow_layers], OTHER[slow_head])
-    combinations = [(layers, head) for layers in ("torch", "onednn") for head in ("torch", "onednn")]
-    assert sorted(seen) == sorted(combinations * calibration.ROUNDS + [("torch", "torch")])  # + the warm-up
-    assert not uses_onednn(layer) and not uses_onednn(head)  # back on torch's: the caller switches to the chosen ones
+    choice = calibration.choose_cpu_matmul(model, "auto", one_pass, 64, threads_per_pass=1)
+    assert (choice["layers"], choice["head"]) == (fast_layers, fast_head)
+    layers = [(library, "torch") for library in ALL] * calibration.ROUNDS
+    heads = [(fast_layers, library) for library in ALL] * calibration.ROUNDS
+    assert seen == [("torch", "torch"), *layers, ("torch", "torch"), *heads]  # each after a warm-up
+    assert library_of(layer) == library_of(head) == "torch"  # back on torch's: the caller switches to the chosen ones
 
 
 def test_the_passes_leave_random_state_gradients_and_mode_as_they_were(tiny_llama):
@@ -137,13 +157,13 @@ def test_the_passes_leave_random_state_gradients_and_mode_as_they_were(tiny_llam
     torch.manual_seed(3)
     expected = torch.rand(4)
     torch.manual_seed(3)
-    calibration.measure(model, one_pass)
+    calibration.measure(model, one_pass, {"torch": everywhere("torch")})
     assert torch.equal(torch.rand(4), expected)
     assert not model.training and trained[0].grad is earlier and torch.equal(earlier, torch.ones_like(earlier))
     assert all(p.grad is None for p in trained[1:])
 
 
-@needs_onednn
+@needs_all
 def test_a_run_that_measures_trains_exactly_as_one_that_finds_the_answer_cached(tiny_llama, records_path, tmp_path, cache):
     def run(name: str) -> dict:
         config = run_config(
@@ -165,4 +185,4 @@ def test_a_run_that_measures_trains_exactly_as_one_that_finds_the_answer_cached(
     trained, again = (load_file(tmp_path / name / "adapter_model.safetensors") for name in ("measured", "told"))
     assert all(torch_equal(trained[name], again[name]) for name in trained)
     switched = {"layers": 2 * 7, "head": 1}  # tiny_llama: 2 layers of 7 frozen projections, and the LM head
-    assert measured["onednn_linears"] == sum(switched[part] for part in PARTS if chosen[part] == "onednn")
+    assert measured["switched_linears"] == sum(switched[part] for part in PARTS if chosen[part] != "torch")

@@ -1,5 +1,5 @@
-"""oneDNN products for frozen linear layers (`train.cpu_matmul=onednn`): only frozen fp32 CPU linears switch, and
-loss and gradients match torch's own products to fp32 rounding."""
+"""oneDNN's and OpenBLAS's products for frozen linear layers (`train.cpu_matmul=onednn` or `openblas`): only frozen
+fp32 CPU linears switch, and loss and gradients match torch's own products to fp32 rounding."""
 
 import pytest
 import torch
@@ -8,11 +8,22 @@ from transformers import AutoModelForCausalLM
 
 from helpers import assert_only_trainable_tensors_changed, lora_model, run_config, train_capturing_model
 from llm_tuning.data.encode import IGNORE_INDEX
-from llm_tuning.speed.cpu_matmul import onednn_linear, onednn_linear_forward, use_onednn_matmul
+from llm_tuning.speed.cpu_matmul import (
+    everywhere,
+    library_of,
+    multiply_as,
+    numpy_uses_openblas,
+    onednn_linear,
+    openblas_linear,
+    switched_linear_forward,
+)
 from llm_tuning.training import loss as loss_module
 from llm_tuning.training.loss import labelled_loss
 
-pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
+LIBRARIES = [
+    pytest.param("onednn", marks=pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")),
+    pytest.param("openblas", marks=pytest.mark.skipif(not numpy_uses_openblas(), reason="numpy here has no OpenBLAS")),
+]
 
 
 def loss_and_gradients(model):
@@ -23,11 +34,12 @@ def loss_and_gradients(model):
     return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.parametrize("library", LIBRARIES)
 @pytest.mark.parametrize("architecture", ["llama", "qwen2"])
-def test_same_loss_and_gradients_as_torch_products(tiny_models, architecture):
+def test_same_loss_and_gradients_as_torch_products(tiny_models, architecture, library):
     plain, switched = lora_model(tiny_models[architecture]), lora_model(tiny_models[architecture])
     layers = plain.config.num_hidden_layers
-    assert use_onednn_matmul(switched) == 7 * layers + 1  # every frozen projection, and the LM head
+    assert multiply_as(switched, everywhere(library)) == 7 * layers + 1  # every frozen projection, and the LM head
     loss_plain, grads_plain = loss_and_gradients(plain)
     loss_switched, grads_switched = loss_and_gradients(switched)
     torch.testing.assert_close(loss_switched, loss_plain, atol=1e-5, rtol=1e-5)
@@ -52,16 +64,20 @@ def chunked_loss_and_gradients(model, chunk_size: int):
 
 
 def count_head_products(monkeypatch, reuses_large_blocks: bool) -> list:
+    """The shapes of the products the chunked loss asks oneDNN or OpenBLAS for."""
     head_products = []
-    monkeypatch.setattr(loss_module, "onednn_linear", lambda *args: head_products.append(args[0].shape) or onednn_linear(*args))
+    for name, product in (("onednn_linear", onednn_linear), ("openblas_linear", openblas_linear)):
+        counted = lambda *args, product=product, **kwargs: head_products.append(args[0].shape) or product(*args, **kwargs)  # noqa: E731
+        monkeypatch.setattr(loss_module, name, counted)
     monkeypatch.setattr(loss_module, "malloc_reuses_large_blocks", lambda: reuses_large_blocks)
     return head_products
 
 
+@pytest.mark.parametrize("library", LIBRARIES)
 @pytest.mark.parametrize("chunk_size", [7, 1024])
-def test_chunked_loss_multiplies_a_switched_head_with_onednn(tiny_llama, monkeypatch, chunk_size):
+def test_chunked_loss_multiplies_a_switched_head_with_its_library(tiny_llama, monkeypatch, chunk_size, library):
     plain, switched = lora_model(tiny_llama), lora_model(tiny_llama)
-    use_onednn_matmul(switched)
+    multiply_as(switched, everywhere(library))
     head_products = count_head_products(monkeypatch, reuses_large_blocks=True)  # as on tcmalloc
     loss_plain, grads_plain = chunked_loss_and_gradients(plain, chunk_size)
     assert head_products == []
@@ -74,43 +90,45 @@ def test_chunked_loss_multiplies_a_switched_head_with_onednn(tiny_llama, monkeyp
         torch.testing.assert_close(grads_switched[name], grads_plain[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_chunked_loss_keeps_torch_products_on_glibc(tiny_llama, monkeypatch):
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_on_glibc_the_chunked_loss_keeps_onednn_off_the_head(tiny_llama, monkeypatch, library):
     model = lora_model(tiny_llama)
-    use_onednn_matmul(model)
+    multiply_as(model, everywhere(library))
     head_products = count_head_products(monkeypatch, reuses_large_blocks=False)
     chunked_loss_and_gradients(model, chunk_size=7)
-    assert head_products == []  # one reused buffer that torch's product writes into
+    # oneDNN writes fresh tensors only: torch's product writes into one reused buffer instead; OpenBLAS writes into it
+    assert len(head_products) == (0 if library == "onednn" else 2 * 6)
 
 
 def test_only_frozen_float32_linears_switch(tiny_llama):
     model = lora_model(tiny_llama)
-    use_onednn_matmul(model)
+    multiply_as(model, everywhere("openblas"))
     adapters = [m for n, m in model.named_modules() if "lora_A" in n or "lora_B" in n]
     assert adapters and all("forward" not in vars(m) for m in adapters if isinstance(m, nn.Linear))  # trained: torch's
     full = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)  # every weight trains
-    assert use_onednn_matmul(full) == 0
+    assert multiply_as(full, everywhere("openblas")) == 0
     half = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.bfloat16).requires_grad_(False)
-    assert use_onednn_matmul(half) == 0
+    assert multiply_as(half, everywhere("openblas")) == 0
 
 
-def test_other_inputs_take_torch_path():
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_other_inputs_take_torch_path(library):
     linear = nn.Linear(8, 4).requires_grad_(False)
     x = torch.randn(3, 8)
-    torch.testing.assert_close(onednn_linear_forward(linear, x), linear(x), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(switched_linear_forward(linear, library, x), linear(x), atol=1e-6, rtol=1e-5)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast picks bf16 products itself
-        assert onednn_linear_forward(linear, x).dtype == torch.bfloat16
-    assert torch.equal(onednn_linear_forward(linear.double(), x.double()), linear(x.double()))
+        assert switched_linear_forward(linear, library, x).dtype == torch.bfloat16
+    assert torch.equal(switched_linear_forward(linear.double(), library, x.double()), linear(x.double()))
 
 
-def test_training_with_onednn_products(tiny_llama, records_path, tmp_path):
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_training_with_another_librarys_products(tiny_llama, records_path, tmp_path, library):
     run = train_capturing_model(
-        run_config(tiny_llama, records_path, tmp_path / "run", train={"max_steps": 8, "logging_steps": 1, "cpu_matmul": "onednn"})
+        run_config(tiny_llama, records_path, tmp_path / "run", train={"max_steps": 8, "logging_steps": 1, "cpu_matmul": library})
     )
-    assert run.summary["onednn_linears"] == 2 * 7 + 1
+    assert run.summary["switched_linears"] == 2 * 7 + 1
     losses = [e["loss"] for e in run.summary["loss_history"]]
     assert losses[-1] < losses[0]
     assert_only_trainable_tensors_changed(run)
-    # after training the model is back on torch's products: no linear keeps oneDNN's forward
-    assert not any(
-        getattr(module.__dict__.get("forward"), "func", None) is onednn_linear_forward for module in run.model.modules()
-    )
+    # after training the model is back on torch's products: no linear keeps another library's forward
+    assert all(library_of(module) == "torch" for module in run.model.modules())

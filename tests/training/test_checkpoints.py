@@ -173,7 +173,7 @@ def test_the_libraries_chosen_to_multiply_at_the_start_are_kept_on_resume(tiny_l
     record = json.loads((tmp_path / "run" / "run_record.json").read_text())
     assert record["cpu_matmul"] == first and record["data_sha256"] and "allocator" in record
     other = {part: "torch" if library == "onednn" else "onednn" for part, library in first.items()}
-    monkeypatch.setattr(run, "choose_cpu_matmul", lambda *args: {**other, "why": "x"})  # what measuring would choose now
+    monkeypatch.setattr(run, "cpu_matmul_choice", lambda *args: {**other, "why": "x"})  # what measuring would choose now
     config["train"].update(resume=True, max_steps=2)
     resumed = train(config)["speed_choices"]["cpu_matmul"]
     assert resumed == {**first, "why": "as when the run started (run_record.json)"}
@@ -185,11 +185,11 @@ def test_a_run_recorded_with_one_library_resumes_with_it_for_every_part(tiny_lla
     path = tmp_path / "run" / "run_record.json"
     old_record = {**json.loads(path.read_text()), "cpu_matmul": "onednn"}  # as recorded before the head was chosen apart
     path.write_text(json.dumps(old_record))
-    monkeypatch.setattr(run, "choose_cpu_matmul", lambda *args: {**everywhere("torch"), "why": "x"})
+    monkeypatch.setattr(run, "cpu_matmul_choice", lambda *args: {**everywhere("torch"), "why": "x"})
     config["train"].update(resume=True, max_steps=2)
     resumed = train(config)
     assert resumed["speed_choices"]["cpu_matmul"] == {**everywhere("onednn"), "why": "as when the run started (run_record.json)"}
-    assert resumed["onednn_linears"] == 2 * 7 + 1
+    assert resumed["switched_linears"] == 2 * 7 + 1
 
 
 def test_resumed_at_its_last_step_in_the_middle_of_an_epoch_it_trains_no_more(tiny_llama, many_records_path, tmp_path):

@@ -1,11 +1,13 @@
 """The Trainer as llm-tuning runs it: here, the pass on the first batch that `train.cpu_matmul=auto` times."""
 
 import pytest
+import torch
 
 from helpers import run_config
 from llm_tuning import train
 from llm_tuning.speed.cpu_matmul import everywhere
 from llm_tuning.training import loss, run
+from llm_tuning.training import trainer as trainer_module
 
 CUT = 16  # tokens: fewer than the rows hold at max length 24, enough to reach the first labels
 
@@ -14,7 +16,7 @@ CUT = 16  # tokens: fewer than the rows hold at max length 24, enough to reach t
 def test_the_first_batch_pass_trains_the_first_rows_that_fit(tiny_llama, records_path, tmp_path, monkeypatch, packing):
     passes = []
 
-    def record_the_pass(model, setting, one_pass, tokens, cpu_fp32, head_follows):
+    def record_the_pass(model, setting, one_pass, tokens, cpu_fp32, head_follows, threads_per_pass):
         trained = [p for p in model.parameters() if p.requires_grad]
         one_pass()
         passes.append({"tokens": tokens, "grads": sum(p.grad is not None and bool(p.grad.any()) for p in trained)})
@@ -25,15 +27,15 @@ def test_the_first_batch_pass_trains_the_first_rows_that_fit(tiny_llama, records
     trainers = []
     build_trainer = run.build_trainer
     monkeypatch.setattr(run, "build_trainer", lambda *a, **k: trainers.append(build_trainer(*a, **k)) or trainers[-1])
-    monkeypatch.setattr(run, "choose_cpu_matmul", record_the_pass)
+    monkeypatch.setattr(trainer_module, "choose_cpu_matmul", record_the_pass)
     for max_tokens in (CUT, 10**6):  # fewer than a row: one row, cut to its first CUT tokens; then the micro-batch of 3
-        monkeypatch.setattr(run, "MAX_TOKENS", max_tokens)
+        monkeypatch.setattr(trainer_module, "MAX_TOKENS", max_tokens)
         config = run_config(
             tiny_llama,
             records_path,
             tmp_path / str(max_tokens),
             data={"packing": packing, "max_length": 24},
-            train={"max_steps": 1, "batch_size": 3},
+            train={"max_steps": 1, "batch_size": 3, "split_step": False},
         )
         train(config)
 
@@ -45,6 +47,27 @@ def test_the_first_batch_pass_trains_the_first_rows_that_fit(tiny_llama, records
     assert all(p["grads"] > 0 for p in passes)  # forward and backward: the adapters got gradients
 
 
+def test_a_split_step_is_measured_on_its_first_part_with_one_thread(tiny_llama, records_path, tmp_path, monkeypatch):
+    if torch.get_num_threads() < 2:
+        pytest.skip("one thread: the step is not split")
+    told, trainers = [], []
+    build_trainer = run.build_trainer
+    monkeypatch.setattr(run, "build_trainer", lambda *a, **k: trainers.append(build_trainer(*a, **k)) or trainers[-1])
+
+    def record(model, setting, one_pass, tokens, cpu_fp32, head_follows, threads_per_pass):
+        told.append((tokens, threads_per_pass))
+        return {**everywhere("torch"), "why": "recorded"}
+
+    monkeypatch.setattr(trainer_module, "choose_cpu_matmul", record)
+    summary = train(
+        run_config(tiny_llama, records_path, tmp_path, data={"max_length": 24}, train={"max_steps": 1, "batch_size": 4})
+    )
+    assert summary["speed_choices"]["split_step"]["parts"] == 2
+    rows = trainers[-1].train_dataset
+    width = max(len(rows[index]["input_ids"]) for index in range(2))  # the first part: the first 2 of 4 rows
+    assert told == [(2 * width, 1)]
+
+
 @pytest.mark.parametrize("reuses_large_blocks", [True, False])  # tcmalloc or jemalloc; glibc's malloc
 def test_the_head_is_measured_only_where_the_chunked_loss_follows_the_choice(
     tiny_llama, records_path, tmp_path, monkeypatch, reuses_large_blocks
@@ -52,7 +75,9 @@ def test_the_head_is_measured_only_where_the_chunked_loss_follows_the_choice(
     told = []
     monkeypatch.setattr(loss, "malloc_reuses_large_blocks", lambda: reuses_large_blocks)
     monkeypatch.setattr(
-        run, "choose_cpu_matmul", lambda *args, head_follows: told.append(head_follows) or {**everywhere("torch"), "why": ""}
+        trainer_module,
+        "choose_cpu_matmul",
+        lambda *args, threads_per_pass: told.append(args[5]("onednn")) or {**everywhere("torch"), "why": ""},
     )
     train(run_config(tiny_llama, records_path, tmp_path, train={"max_steps": 1, "loss_chunk_size": 8}))
-    assert told == [reuses_large_blocks]
+    assert told == [reuses_large_blocks]  # oneDNN writes fresh logits per chunk: only where malloc reuses them

@@ -141,10 +141,11 @@ class TrainConfig:
     )
     cpu_matmul: str = option(
         "auto",
-        "Which library multiplies frozen fp32 linear layers on a CPU: `torch` (MKL on x86), `onednn`, or `auto`: for the "
-        "model's layers and for its LM head apart, the one measured faster on a training pass of the run's first batch "
-        "at start-up (cached per CPU; the run summary's `speed_choices` says which and why; docs/speed.md).",
-        choices=("auto", "torch", "onednn"),
+        "Which library multiplies frozen fp32 linear layers on a CPU: `torch` (MKL on x86), `onednn`, `openblas` (numpy's; "
+        "its threads fight torch's unless the step is split over the cores), or `auto`: for the model's layers and for "
+        "its LM head apart, the one measured faster on a training pass of the run's first batch at start-up (cached per "
+        "CPU; the run summary's `speed_choices` says which and why; docs/speed.md).",
+        choices=("auto", "torch", "onednn", "openblas"),
     )
     split_step: bool = option(
         True,

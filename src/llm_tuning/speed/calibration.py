@@ -2,17 +2,18 @@
 timed alone nor by a rule written for one CPU.
 
 Before training, the start of the run's first micro-batch goes forward and backward through the model as training
-computes it, alternately with each library, torch's products (MKL on x86) or oneDNN's, on each of two parts: the
-model's layers and its LM head (the layers alone where training keeps the head on torch's products whatever is
-chosen); the median of a few passes after one that warms up. The fastest combination is chosen only when it is
-clearly faster than torch's products throughout. Products timed alone mislead: on an AMD Zen 4
-limited to AVX2, oneDNN multiplies the layers' shapes faster alone and runs the step slower, and its LM head's loss
-alone, 1.34x as fast on oneDNN, is no faster inside the step (docs/speed.md). The passes leave the training as they
-found it (random state, gradients, train/eval mode), so a run that measures computes exactly what a run that found
-the answer cached does. The answer is cached per CPU model, instruction-set limits, torch version, thread count,
-allocator, the model's product shapes and the tokens measured, to the next power of two (files.cache_dir()/speed),
-so a later run on the same machine measures nothing. Which libraries won, and why, goes into the run summary's
-`speed_choices`.
+computes it (as many threads as each process computes with: one where the step is split over the cores),
+alternately with each library offered (torch's products, MKL on x86; oneDNN's; numpy's OpenBLAS, only where a process
+computes with one thread: cpu_matmul.py), for each of two parts in turn: the model's layers, then its LM head with
+the layers' winner (the head is measured only with the libraries training would multiply it with: loss.py); the
+median of a few passes after one that warms up. Another library than torch's is chosen only when it is clearly
+faster. Products timed alone mislead: on an AMD Zen 4 limited to AVX2, oneDNN multiplies the layers' shapes faster
+alone and runs the step slower, and its LM head's loss alone, 1.34x as fast on oneDNN, is no faster inside the step
+(docs/speed.md). The passes leave the training as they found it (random state, gradients, train/eval mode), so a run
+that measures computes exactly what a run that found the answer cached does. The answer is cached per CPU model,
+instruction-set limits, torch version, threads, allocator, libraries offered, the model's product shapes and the
+tokens measured, to the next power of two (files.cache_dir()/speed), so a later run on the same machine measures
+nothing. Which libraries won, and why, goes into the run summary's `speed_choices`.
 """
 
 from __future__ import annotations
@@ -33,80 +34,86 @@ import torch
 from ..errors import UserError
 from ..files import cache_dir, write_json
 from .allocator import active_allocator
-from .cpu_matmul import PARTS, everywhere, frozen_linears, multiply_as, use_torch_matmul
+from .cpu_matmul import everywhere, frozen_linears, multiply_as, offered_libraries, threads, use_torch_matmul
 
 ROUNDS = 3  # the median of three: one pass that a quiet moment made fast decides nothing
 MAX_TOKENS = 1024  # two rows of 384 tokens rank the libraries as four do (benchmarks/step_matmul.py); more only slows start-up
-MARGIN = 0.97  # oneDNN must take less than 97% of torch's time: ties and noise keep torch's default path
-ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
+MARGIN = 0.97  # another library must take less than 97% of torch's time: ties and noise keep torch's default path
+ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "OPENBLAS_CORETYPE")
 
 
 def choose_cpu_matmul(
-    model, setting: str, one_pass: Callable[[], None], tokens: int, cpu_fp32: bool = True, head_follows: bool = True
+    model,
+    setting: str,
+    one_pass: Callable[[], None],
+    tokens: int,
+    cpu_fp32: bool = True,
+    head_follows: Callable[[str], bool] = lambda library: True,
+    threads_per_pass: int | None = None,
 ) -> dict:
-    """{"layers": library, "head": library, "why": ...}: which library ("torch" or "onednn") multiplies the model's
+    """{"layers": library, "head": library, "why": ...}: which library (of cpu_matmul.LIBRARIES) multiplies the model's
     frozen linear layers, and which its LM head, for `train.cpu_matmul` = `setting` on this model and machine;
     `one_pass` runs a forward and backward pass of `tokens` tokens as training does; `cpu_fp32`: training computes
-    in fp32 on the CPU (elsewhere oneDNN's products are not used, and nothing is measured); `head_follows`: training
-    multiplies the head with the library chosen for it (not so where the chunked loss keeps torch's products:
-    training/loss.py), else only the layers are measured and the head keeps torch's."""
+    in fp32 on the CPU (elsewhere the other libraries are not used, and nothing is measured); `head_follows(library)`:
+    whether training multiplies the head with `library` where chosen for it (loss.head_follows_cpu_matmul);
+    `threads_per_pass`: the threads a process computes a training pass with (default torch's count)."""
     if setting != "auto":
         return {**everywhere(setting), "why": f"train.cpu_matmul={setting}"}
     if not cpu_fp32:
         return {**everywhere("torch"), "why": "training does not compute in fp32 on the CPU"}
+    threads_per_pass = threads_per_pass or torch.get_num_threads()
     parts = frozen_linears(model)
-    if not head_follows:
-        parts.pop("head", None)  # its two libraries would time the same products
     if not parts:
         return {**everywhere("torch"), "why": "no frozen float32 linear layers on the CPU"}
-    if not onednn_offered():
-        return {**everywhere("torch"), "why": f"oneDNN's products are not offered on {platform.machine()}"}
-    key = machine_key(Counter(tuple(m.weight.shape) for found in parts.values() for m in found), tokens)
+    candidates = candidate_libraries(parts, head_follows, threads_per_pass)
+    if not candidates:
+        return {**everywhere("torch"), "why": f"no library but torch's is offered on {platform.machine()} here"}
+    shapes = Counter(tuple(m.weight.shape) for found in parts.values() for m in found)
+    key = machine_key(shapes, tokens, threads_per_pass, candidates)
     cache = cache_dir() / "speed" / "cpu_matmul.json"
     known = _read(cache)
     if key in known:
         return {**known[key], "why": known[key]["why"] + " (measured before on this CPU, cached)"}
     started = time.perf_counter()
-    seconds = measure(model, one_pass, tuple(parts))
-    timings = ", ".join(f"{name} {value:.3f} s" for name, value in seconds.items())
+    choice, seconds = everywhere("torch"), {}
+    with threads(threads_per_pass):
+        for part, libraries in candidates.items():  # the layers, then the head with the layers' winner
+            seconds[part] = measure(model, one_pass, {library: {**choice, part: library} for library in libraries})
+            choice[part] = fastest(seconds[part])
+    timings = "; ".join(
+        f"{part}: " + ", ".join(f"{library} {value:.3f} s" for library, value in measured.items())
+        for part, measured in seconds.items()
+    )
+    thread_count = f"{threads_per_pass} thread" + ("s" if threads_per_pass > 1 else "")
     choice = {
-        **configurations(tuple(parts))[fastest(seconds)],
-        "why": f"measured on a training pass (forward and backward) of {tokens} tokens of the first batch: {timings}",
+        **choice,
+        "why": f"measured on a training pass (forward and backward) of {tokens} tokens of the first batch, with "
+        f"{thread_count}, for each part in turn: {timings}",
         "seconds": seconds,
     }
     _write(cache, {**known, key: choice})
     return {**choice, "why": choice["why"] + f"; measuring took {time.perf_counter() - started:.1f} s"}
 
 
-def onednn_offered() -> bool:
-    """Whether `auto` may choose oneDNN here: torch ships it, and the CPU is x86."""
-    return platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
-
-
-def configurations(parts: tuple[str, ...]) -> dict[str, dict[str, str]]:
-    """Every assignment of a library to each of `parts` (the others keep torch's), by label."""
-    found = [everywhere("torch")]
-    for part in parts:
-        found = [{**config, part: library} for config in found for library in ("torch", "onednn")]
-    return {label(config): config for config in found}
+def candidate_libraries(parts: dict, head_follows: Callable[[str], bool], threads_per_pass: int) -> dict[str, list[str]]:
+    """The libraries to measure for each of `parts` (frozen_linears' answer): those offered here (OpenBLAS only with
+    one thread per process); for the head, those training would multiply it with. A part with torch's alone is not
+    measured."""
+    offered = [library for library in offered_libraries() if library != "openblas" or threads_per_pass == 1]
+    candidates = {part: [lib for lib in offered if part != "head" or head_follows(lib)] for part in parts}
+    return {part: libraries for part, libraries in candidates.items() if len(libraries) > 1}
 
 
 def fastest(seconds: dict[str, float]) -> str:
-    """The label of the fastest configuration, if clearly faster than torch's products everywhere; else that one's."""
-    plain = label(everywhere("torch"))
+    """The fastest library of those timed (by name), if clearly faster than torch's products; else "torch"."""
     best = min(seconds, key=seconds.get)
-    return best if seconds[best] < MARGIN * seconds[plain] else plain
+    return best if seconds[best] < MARGIN * seconds["torch"] else "torch"
 
 
-def label(config: dict[str, str]) -> str:
-    return ", ".join(f"{part} {library}" for part, library in config.items())
-
-
-def measure(model, one_pass: Callable[[], None], parts: tuple[str, ...] = PARTS) -> dict[str, float]:
-    """Seconds of `one_pass` in each configuration of `parts`, by label: the median of ROUNDS rounds that alternate
-    them, after one pass that warms up (the allocator's pools, oneDNN's kernels). The model multiplies with torch's
-    products afterwards."""
-    candidates = configurations(parts)
+def measure(model, one_pass: Callable[[], None], candidates: dict[str, dict[str, str]]) -> dict[str, float]:
+    """Seconds of `one_pass` with each of `candidates` (name: the library of each part, as multiply_as takes it): the
+    median of ROUNDS rounds that alternate them, after one pass that warms up (the allocator's pools, oneDNN's
+    kernels). The model multiplies with torch's products afterwards."""
     seconds = {name: [] for name in candidates}
     with training_untouched(model):
         one_pass()
@@ -139,18 +146,19 @@ def training_untouched(model):
             model.train(was_training)
 
 
-def machine_key(shapes: Counter, tokens: int) -> str:
-    """What the measurement depends on: the CPU and its instruction-set limits, torch, threads, malloc, the model's
-    product shapes and about how many tokens were measured."""
+def machine_key(shapes: Counter, tokens: int, threads_per_pass: int, candidates: dict) -> str:
+    """What the measurement depends on: the CPU and its instruction-set limits, torch, threads, malloc, the libraries
+    measured, the model's product shapes and about how many tokens were measured."""
     parts = {
         "cpu": cpu_model(),
         "limits": {name: os.environ.get(name) for name in ISA_LIMITS},
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        "threads": threads_per_pass,
         "allocator": active_allocator(),
+        "candidates": candidates,
         "shapes": sorted([list(shape), count] for shape, count in shapes.items()),
         "tokens": 1 << (tokens - 1).bit_length(),  # to the next power of two: unpacked batches vary in width
-        "measured": "training pass, layers and head apart",  # earlier versions' answers (one library) are not reused
+        "measured": "training pass, each part in turn",  # earlier versions' answers (every combination) are not reused
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 

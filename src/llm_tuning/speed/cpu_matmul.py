@@ -1,28 +1,35 @@
-"""Frozen linear layers multiplied by oneDNN on the CPU (`train.cpu_matmul`: `onednn`, or `auto` where it is measured
-faster: calibration.py).
+"""Frozen linear layers multiplied by another library than torch's own on the CPU (`train.cpu_matmul`: `onednn`,
+`openblas`, or `auto`: the one measured fastest, calibration.py).
 
 torch's x86 wheels multiply fp32 matrices with MKL, which on AMD CPUs runs its generic code path (MKL_VERBOSE names
-"Intel(R) Architecture processors"). oneDNN, which torch also ships and which picks its kernels by instruction set,
-not by vendor, often multiplies the same shapes faster there, but not on every CPU, and not always inside a training
-step when it does alone: so `auto` measures which makes the run's own training pass faster (calibration.py), for
-two parts of the model apart: its layers, and its LM head, whose one large product can favour oneDNN where the
-layers' smaller ones do not. Only frozen fp32 `nn.Linear` layers are switched: their backward is one product,
-grad @ W, with no weight gradient, so the autograd function below is all they need; the chunked loss (loss.py)
-multiplies a switched LM head the same way on tcmalloc or jemalloc.
-Results match torch's products to fp32 rounding (tests/speed/test_cpu_matmul.py).
+"Intel(R) Architecture processors"). oneDNN, which torch also ships, and OpenBLAS, which numpy ships, pick their
+kernels by instruction set, not by vendor, and often multiply the same shapes faster there, but not on every CPU,
+and not always inside a training step when they do alone: so `auto` measures which makes the run's own training
+pass faster (calibration.py), for two parts of the model apart: its layers, and its LM head, whose one large product
+can favour another library than the layers' smaller ones. OpenBLAS keeps a thread pool of its own, which fights
+torch's threads for the cores: it is offered only where each process computes with one thread (the step split over
+the cores, split_step.py), and `threads` below limits both.
+Only frozen fp32 `nn.Linear` layers are switched: their backward is one product, grad @ W, with no weight gradient,
+so the autograd function below is all they need; the chunked loss (loss.py) multiplies a switched LM head the same
+way. Results match torch's products to fp32 rounding (tests/speed/test_cpu_matmul.py).
 """
 
 from __future__ import annotations
 
+import platform
+from contextlib import contextmanager
 from functools import partial
 
+import numpy as np
 import torch
+from threadpoolctl import threadpool_info, threadpool_limits
 from torch import nn
 from torch.nn import functional as F
 
 from ..weights import base_model
 
 PARTS = ("layers", "head")  # what `auto` chooses a library for: every frozen linear layer but the LM head; the LM head
+LIBRARIES = ("torch", "onednn", "openblas")
 
 
 def onednn_linear(x, weight, bias=None):
@@ -30,24 +37,64 @@ def onednn_linear(x, weight, bias=None):
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
-class OneDnnLinear(torch.autograd.Function):
-    """linear(x, weight, bias) for a frozen weight and bias: only x gets a gradient."""
+def openblas_linear(x, weight, bias=None, out=None):
+    """linear(x, weight, bias) by numpy's BLAS (OpenBLAS in numpy's wheels), into `out` or a fresh tensor (x and
+    weight fp32 on the CPU; weight may be a transposed view)."""
+    rows = x.detach().reshape(-1, x.shape[-1])
+    if out is None:
+        out = torch.empty(rows.shape[0], weight.shape[0], dtype=x.dtype)
+    np.matmul(rows.contiguous().numpy(), weight.detach().numpy().T, out=out.numpy())
+    if bias is not None:
+        out += bias
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
+PRODUCTS = {"onednn": onednn_linear, "openblas": openblas_linear}
+
+
+class FrozenLinear(torch.autograd.Function):
+    """linear(x, weight, bias) by `library` for a frozen weight and bias: only x gets a gradient."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias):
+    def forward(ctx, x, weight, bias, library: str):
         ctx.save_for_backward(weight)
-        return onednn_linear(x, weight, bias)
+        ctx.library = library
+        return PRODUCTS[library](x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad):
         (weight,) = ctx.saved_tensors
-        return onednn_linear(grad.contiguous(), weight.t()), None, None
+        return PRODUCTS[ctx.library](grad.contiguous(), weight.t()), None, None, None
 
 
-def onednn_linear_forward(linear: nn.Linear, x):
-    if x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):  # oneDNN's fp32 path only; autocast casts itself
+def switched_linear_forward(linear: nn.Linear, library: str, x):
+    if x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):  # their fp32 paths only; autocast casts itself
         return F.linear(x, linear.weight, linear.bias)
-    return OneDnnLinear.apply(x, linear.weight, linear.bias)
+    return FrozenLinear.apply(x, linear.weight, linear.bias, library)
+
+
+def offered_libraries() -> tuple[str, ...]:
+    """The libraries `auto` may choose here: torch's always; oneDNN where torch ships it and the CPU is x86; OpenBLAS
+    where numpy multiplies with it."""
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    onednn = ("onednn",) if x86 and torch.backends.mkldnn.is_available() else ()
+    return ("torch", *onednn, *(("openblas",) if numpy_uses_openblas() else ()))
+
+
+def numpy_uses_openblas() -> bool:
+    return any(library["internal_api"] == "openblas" for library in threadpool_info() if library["user_api"] == "blas")
+
+
+@contextmanager
+def threads(count: int):
+    """torch, and OpenBLAS beside it, compute with `count` threads inside."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        with threadpool_limits(limits=count, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def is_frozen_cpu_linear(module) -> bool:
@@ -83,32 +130,30 @@ def recorded_matmul(recorded) -> dict[str, str]:
     return everywhere(recorded) if isinstance(recorded, str) else {part: recorded[part] for part in PARTS}
 
 
-def use_onednn_matmul(model, parts=PARTS) -> int:
-    """Route `model`'s frozen fp32 CPU linear layers in `parts` (of PARTS) through oneDNN, in place; returns how many
-    were switched."""
-    if not torch.backends.mkldnn.is_available():
-        return 0
-    linears = [linear for part, found in frozen_linears(model).items() if part in parts for linear in found]
-    for linear in linears:
-        linear.forward = partial(onednn_linear_forward, linear)
-    return len(linears)
-
-
 def multiply_as(model, choice: dict[str, str]) -> int:
-    """Multiply each part of `model` with the library `choice` names for it ("torch" or "onednn"); returns how many
-    layers oneDNN multiplies."""
+    """Multiply each part of `model`'s frozen fp32 CPU linear layers with the library `choice` names for it (of
+    LIBRARIES; oneDNN only where torch ships it); returns how many layers left torch's products."""
     use_torch_matmul(model)
-    return use_onednn_matmul(model, [part for part in PARTS if choice[part] == "onednn"])
+    switched = 0
+    for part, linears in frozen_linears(model).items():
+        library = choice[part]
+        if library == "torch" or (library == "onednn" and not torch.backends.mkldnn.is_available()):
+            continue
+        for linear in linears:
+            linear.forward = partial(switched_linear_forward, linear, library)
+        switched += len(linears)
+    return switched
 
 
-def uses_onednn(module) -> bool:
-    """Whether use_onednn_matmul switched this layer (the chunked loss then multiplies the LM head the same way)."""
+def library_of(module) -> str:
+    """Which library multiplies this layer: the one multiply_as switched it to (the chunked loss then multiplies the LM
+    head the same way), else "torch"."""
     forward = module.__dict__.get("forward")
-    return isinstance(forward, partial) and forward.func is onednn_linear_forward
+    return forward.args[1] if isinstance(forward, partial) and forward.func is switched_linear_forward else "torch"
 
 
 def use_torch_matmul(model) -> None:
-    """Undo use_onednn_matmul: after training, the model multiplies as it will once saved and reloaded."""
+    """Undo multiply_as: after training, the model multiplies as it will once saved and reloaded."""
     for module in model.modules():
-        if uses_onednn(module):
+        if library_of(module) != "torch":
             del module.forward

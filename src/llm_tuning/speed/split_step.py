@@ -25,6 +25,7 @@ import torch
 
 from ..params import count_parameters
 from ..resume import RUN_RECORD_FILE
+from .cpu_matmul import threads
 
 # a copy's gradients travel through shared memory: past this share of the model's parameters, holding them twice
 # more costs more memory than the split saves time
@@ -153,9 +154,12 @@ class SplitStep:
 
     def _serve(self, connection, grads: torch.Tensor) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C and ends the copies
-        torch.set_num_threads(1)
         for param in self.params:  # what the main process had accumulated is its own
             param.grad = None
+        with threads(1):
+            self._answer(connection, grads)
+
+    def _answer(self, connection, grads: torch.Tensor) -> None:
         while True:
             try:
                 request = connection.recv()
@@ -247,16 +251,6 @@ def peak_private_bytes() -> int:
         return 0
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux, where smaps_rollup is
     return fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0) + max(0, peak_rss - fields.get("Rss", 0))
-
-
-@contextmanager
-def threads(count: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..data.encode import IGNORE_INDEX
 from ..speed.allocator import active_allocator
-from ..speed.cpu_matmul import onednn_linear, uses_onednn
+from ..speed.cpu_matmul import library_of, onednn_linear, openblas_linear
 from ..weights import base_model
 
 
@@ -23,12 +23,14 @@ class LabelledCrossEntropy(torch.autograd.Function):
     plus the head's own size when the head trains)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, scale: float, chunk_size: int, onednn: bool = False):
+    def forward(ctx, hidden, weight, bias, targets, scale: float, chunk_size: int, library: str = "torch"):
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if weight.requires_grad else None
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and bias.requires_grad else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        onednn = onednn and hidden.dtype == weight.dtype == torch.float32
+        if not hidden.dtype == weight.dtype == torch.float32:
+            library = "torch"  # the others' fp32 paths only
+        onednn = library == "onednn"
         # one chunk x vocabulary buffer, reused: the logits, then in place their log-softmax, then the gradient.
         # A fresh allocation per chunk costs page faults (a large block comes from mmap) and a second copy at peak.
         # oneDNN writes only fresh tensors: each chunk's is freed before the next is made, and malloc reuses it
@@ -44,7 +46,9 @@ class LabelledCrossEntropy(torch.autograd.Function):
                 grad_logits = onednn_linear(h, weight, bias)
             else:
                 grad_logits = buffer[: len(y)]
-                if h.dtype == weight.dtype == torch.float32:
+                if library == "openblas":
+                    openblas_linear(h, weight, bias, out=grad_logits)
+                elif h.dtype == weight.dtype == torch.float32:
                     torch.mm(h, weight.t(), out=grad_logits)
                     if bias is not None:
                         grad_logits += bias
@@ -61,9 +65,12 @@ class LabelledCrossEntropy(torch.autograd.Function):
             grad_logits.exp_()
             grad_logits[torch.arange(len(y), device=y.device), y] -= 1.0
             grad_logits = grad_logits.to(weight.dtype)
-            grad_hidden[start : start + chunk_size] = (
-                onednn_linear(grad_logits, weight.t()) if onednn else grad_logits @ weight
-            ).mul_(scale)
+            if library == "openblas":
+                openblas_linear(grad_logits, weight.t(), out=grad_hidden[start : start + chunk_size]).mul_(scale)
+            else:
+                grad_hidden[start : start + chunk_size] = (
+                    onednn_linear(grad_logits, weight.t()) if onednn else grad_logits @ weight
+                ).mul_(scale)
             if grad_weight is not None:
                 grad_weight.addmm_(grad_logits.t().float(), h.float(), alpha=scale)
             if grad_bias is not None:
@@ -103,16 +110,20 @@ def labelled_loss(hidden: torch.Tensor, head: nn.Linear, labels: torch.Tensor, n
             for i in range(0, selected.shape[0], chunk_size)
         )
         return total / max(count, 1)
-    # the head multiplies as the model's other frozen layers do (train.cpu_matmul): oneDNN where it was switched,
-    # unless each chunk's fresh logits would cost more than oneDNN gains
-    onednn = uses_onednn(head) and head_follows_cpu_matmul(chunk_size)
-    return LabelledCrossEntropy.apply(selected, head.weight, head.bias, selected_targets, 1.0 / max(count, 1), chunk_size, onednn)
+    # the head multiplies as the model's other frozen layers do (train.cpu_matmul), with the library it was switched
+    # to, unless that is oneDNN and each chunk's fresh logits would cost more than oneDNN gains
+    library = library_of(head)
+    library = library if head_follows_cpu_matmul(chunk_size, library) else "torch"
+    return LabelledCrossEntropy.apply(
+        selected, head.weight, head.bias, selected_targets, 1.0 / max(count, 1), chunk_size, library
+    )
 
 
-def head_follows_cpu_matmul(chunk_size: int) -> bool:
-    """Whether training multiplies the LM head with the library train.cpu_matmul chose for it: always through the
-    model's own loss (`chunk_size` 0), and in the chunked loss where malloc reuses large blocks (labelled_loss)."""
-    return not chunk_size or malloc_reuses_large_blocks()
+def head_follows_cpu_matmul(chunk_size: int, library: str) -> bool:
+    """Whether training multiplies the LM head with `library` where train.cpu_matmul chose it: always through the
+    model's own loss (`chunk_size` 0); in the chunked loss, oneDNN (which writes only fresh tensors) where malloc
+    reuses large blocks, the others (which write into one reused buffer) always."""
+    return not chunk_size or library != "onednn" or malloc_reuses_large_blocks()
 
 
 def malloc_reuses_large_blocks() -> bool:

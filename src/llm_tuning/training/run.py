@@ -45,7 +45,6 @@ from ..rundir import (
 )
 from ..speed.activations import keep_fewer_activations
 from ..speed.allocator import active_allocator, recorded_allocator
-from ..speed.calibration import MAX_TOKENS, choose_cpu_matmul
 from ..speed.compile import compile_elementwise
 from ..speed.cpu_matmul import PARTS, multiply_as, recorded_matmul, use_torch_matmul
 from ..speed.split_step import choose_split
@@ -53,11 +52,10 @@ from ..weights import save_trained
 from .callbacks import DivergenceGuard, ProgressBar, StopOnInterrupt, interrupt_requests
 from .checkpoints import reopen_run_folder, resumable_checkpoint
 from .gradient_checkpointing import enable_checkpointing
-from .loss import head_follows_cpu_matmul
 from .precision import adam_epsilon, check_precision, set_trainable_dtype
 from .sharding import check_sharding, gathered_state, sharding_of
 from .summary import curves, data_counts, diagnose, training_figures, validation_figures, versions
-from .trainer import build_trainer, first_batch_pass
+from .trainer import build_trainer, cpu_matmul_choice
 
 
 def train(config: Config | str | Path | dict | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
@@ -103,19 +101,15 @@ def train_in_group(config: Config, here: World) -> dict:
         print(trainable_line(trainable, total), flush=True)
     val_samples = val_data.samples if val_data else None
     trainer = build_trainer(config, model, tokenizer, data.samples, adjustments, adam_epsilon=epsilon, val_samples=val_samples)
+    split = choose_split(config.train, model, here.size, trainer.args.device.type == "cpu", record, bool(trainer.loss_chunk_size))
     # which library multiplies is chosen once per run (speed/calibration.py): a resumed run multiplies as it started
     recorded = record.get("cpu_matmul")
     matmul = {**recorded_matmul(recorded), "why": f"as when the run started ({RUN_RECORD_FILE})"} if recorded else None
     if here.is_main and not matmul:  # the others multiply as the main process chose
-        cpu_fp32 = trainer.args.device.type == "cpu" and config.train.precision == "fp32"  # FSDP/ZeRO move it later
-        head_follows = head_follows_cpu_matmul(trainer.loss_chunk_size)
-        matmul = choose_cpu_matmul(
-            model, config.train.cpu_matmul, *first_batch_pass(trainer, MAX_TOKENS), cpu_fp32, head_follows=head_follows
-        )
+        matmul = cpu_matmul_choice(trainer, model, config.train, split["parts"])
     matmul = from_main(matmul)
-    onednn_linears = multiply_as(model, matmul)
+    switched_linears = multiply_as(model, matmul)
     compiled = compile_elementwise(model) if config.train.compile else []  # after the passes: training compiles alone
-    split = choose_split(config.train, model, here.size, trainer.args.device.type == "cpu", record, bool(trainer.loss_chunk_size))
     trainer.split_over_cores(split["parts"])
 
     with main_writes() as writer:
@@ -157,7 +151,7 @@ def train_in_group(config: Config, here: World) -> dict:
         **training_figures(trainer, result),
         "adjustments": adjustments,
         "lean_activations": lean,
-        "onednn_linears": onednn_linears,
+        "switched_linears": switched_linears,
         "allocator": active_allocator(),
         "speed_choices": {
             "cpu_matmul": {k: v for k, v in matmul.items() if k != "seconds"},

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -13,18 +14,19 @@ from accelerate.utils import extract_model_from_parallel
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
-from ..config.sections import Config
+from ..config.sections import Config, TrainConfig
 from ..data.encode import IGNORE_INDEX
 from ..data.packing import PackedCollator, pack_rows, packed_forward_inputs, packing_unsupported_reason
 from ..distributed import world
 from ..methods.adapter import is_adapted
 from ..rundir import LOG_FILE
+from ..speed.calibration import MAX_TOKENS, choose_cpu_matmul
 from ..speed.packed_attention import use_packed_attention
 from ..speed.split_step import SplitStep
 from ..weights import base_model
 from .callbacks import JsonlLog, ProgressBar
 from .checkpoints import CrashSafeCheckpoints
-from .loss import chunked_loss_unsupported_reason, labelled_loss
+from .loss import chunked_loss_unsupported_reason, head_follows_cpu_matmul, labelled_loss
 from .sharding import trainer_arguments
 
 OPTIMIZERS = {"adamw": "adamw_torch_fused", "adamw_8bit": "adamw_bnb_8bit", "adafactor": "adafactor"}  # Trainer's names
@@ -183,12 +185,24 @@ def build_trainer(
     return trainer
 
 
-def first_batch_pass(trainer: LeanTrainer, max_tokens: int):
-    """A forward and backward pass of the first rows of the run's first micro-batch (as many as fit in `max_tokens`;
-    a row longer than that alone, cut to its first `max_tokens` tokens), computed as a training step computes it,
-    and its number of tokens: what speed/calibration.py times. Cut, since the passes are many and a pass grows
-    faster than its tokens (attention); docs/speed.md says what the cut saves."""
-    size = min(trainer.args.per_device_train_batch_size, len(trainer.train_dataset))
+def cpu_matmul_choice(trainer: LeanTrainer, model, train: TrainConfig, parts: int) -> dict:
+    """Which library multiplies `model`'s frozen layers in this training (`train.cpu_matmul`; speed/calibration.py):
+    `auto` times passes of the first batch as each process will compute them; where the step is split in `parts`,
+    one part's rows with one thread."""
+    cpu_fp32 = trainer.args.device.type == "cpu" and train.precision == "fp32"  # FSDP/ZeRO move it later
+    one_pass, tokens = first_batch_pass(trainer, MAX_TOKENS // parts, parts)
+    head_follows = partial(head_follows_cpu_matmul, trainer.loss_chunk_size)
+    threads = 1 if parts > 1 else None
+    return choose_cpu_matmul(model, train.cpu_matmul, one_pass, tokens, cpu_fp32, head_follows, threads_per_pass=threads)
+
+
+def first_batch_pass(trainer: LeanTrainer, max_tokens: int, parts: int = 1):
+    """A forward and backward pass of the first rows of the run's first micro-batch, or of its first part where the
+    step is split in `parts` (as many as fit in `max_tokens`; a row longer than that alone, cut to its first
+    `max_tokens` tokens), computed as a training step computes it, and its number of tokens: what
+    speed/calibration.py times. Cut, since the passes are many and a pass grows faster than its tokens (attention);
+    docs/speed.md says what the cut saves."""
+    size = max(1, min(trainer.args.per_device_train_batch_size, len(trainer.train_dataset)) // parts)
     batch = trainer.data_collator([trainer.train_dataset[index] for index in range(size)])
     width = min(batch["input_ids"].shape[1], max_tokens)
     rows = min(size, max_tokens // width)  # at least one: the width is cut to max_tokens
