@@ -3,6 +3,7 @@ fp32 CPU linears switch, and loss and gradients match torch's own products to fp
 
 import pytest
 import torch
+from threadpoolctl import threadpool_info, threadpool_limits
 from torch import nn
 from transformers import AutoModelForCausalLM
 
@@ -16,6 +17,7 @@ from llm_tuning.speed.cpu_matmul import (
     onednn_linear,
     openblas_linear,
     switched_linear_forward,
+    threads,
 )
 from llm_tuning.training import loss as loss_module
 from llm_tuning.training.loss import labelled_loss
@@ -132,3 +134,21 @@ def test_training_with_another_librarys_products(tiny_llama, records_path, tmp_p
     assert_only_trainable_tensors_changed(run)
     # after training the model is back on torch's products: no linear keeps another library's forward
     assert all(library_of(module) == "torch" for module in run.model.modules())
+
+
+@pytest.mark.skipif(not numpy_uses_openblas(), reason="numpy here has no OpenBLAS")
+def test_openblas_computes_with_as_many_threads_as_torch(tiny_llama):
+    def openblas_threads() -> list[int]:
+        return [found["num_threads"] for found in threadpool_info() if found["internal_api"] == "openblas"]
+
+    torch_threads, blas_threads = torch.get_num_threads(), openblas_threads()
+    try:
+        with threads(1):  # as each part of a split step computes
+            assert torch.get_num_threads() == 1 and openblas_threads() == [1] * len(blas_threads)
+        assert (torch.get_num_threads(), openblas_threads()) == (torch_threads, blas_threads)
+        torch.set_num_threads(1)  # as under torchrun
+        multiply_as(lora_model(tiny_llama), everywhere("openblas"))
+        assert openblas_threads() == [1] * len(blas_threads)  # not one per core: they would fight torch's for them
+    finally:
+        torch.set_num_threads(torch_threads)
+        threadpool_limits(limits=blas_threads[0], user_api="blas")

@@ -132,8 +132,11 @@ def recorded_matmul(recorded) -> dict[str, str]:
 
 def multiply_as(model, choice: dict[str, str]) -> int:
     """Multiply each part of `model`'s frozen fp32 CPU linear layers with the library `choice` names for it (of
-    LIBRARIES; oneDNN only where torch ships it); returns how many layers left torch's products."""
+    LIBRARIES; oneDNN only where torch ships it); returns how many layers left torch's products. OpenBLAS computes
+    with as many threads as torch from then on (its own default, one per core, would fight torch's)."""
     use_torch_matmul(model)
+    if "openblas" in choice.values():
+        threadpool_limits(limits=torch.get_num_threads(), user_api="blas")
     switched = 0
     for part, linears in frozen_linears(model).items():
         library = choice[part]
