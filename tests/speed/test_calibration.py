@@ -102,8 +102,8 @@ def test_measured_once_per_machine(tiny_llama, cache, monkeypatch, offered):
     calibration.choose_cpu_matmul(model, "auto", no_pass, 50)  # about as many tokens (unpacked widths vary): cached
     assert len(calls) == 2
     threads = torch.get_num_threads()
-    monkeypatch.setattr(torch, "get_num_threads", lambda: threads + 1)  # another thread count: measured again
-    calibration.choose_cpu_matmul(model, "auto", no_pass, 64)
+    calibration.choose_cpu_matmul(model, "auto", no_pass, 64, threads_per_pass=threads + 1)  # another count: measured
+    assert torch.get_num_threads() == threads  # and the threads set back
     calibration.choose_cpu_matmul(model, "auto", no_pass, 128)  # and another number of tokens
     assert len(calls) == 6 and cache.is_file()
 

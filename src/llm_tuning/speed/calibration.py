@@ -6,8 +6,8 @@ computes it (as many threads as each process computes with: one where the step i
 alternately with each library offered (torch's products, MKL on x86; oneDNN's; numpy's OpenBLAS, only where a process
 computes with one thread: cpu_matmul.py), for each of two parts in turn: the model's layers, then its LM head with
 the layers' winner (the head is measured only with the libraries training would multiply it with: loss.py); the
-median of a few passes after one with each that warms up. Another library than torch's is chosen only when it is clearly
-faster. Products timed alone mislead: on an AMD Zen 4 limited to AVX2, oneDNN multiplies the layers' shapes faster
+median of a few passes, after one with each that warms it up. Another library than torch's is chosen only when it is
+clearly faster. Products timed alone mislead: on an AMD Zen 4 limited to AVX2, oneDNN multiplies the layers' shapes faster
 alone and runs the step slower, and its LM head's loss alone, 1.34x as fast on oneDNN, is no faster inside the step
 (docs/speed.md). The passes leave the training as they found it (random state, gradients, train/eval mode), so a run
 that measures computes exactly what a run that found the answer cached does. The answer is cached per CPU model,
@@ -113,8 +113,8 @@ def fastest(seconds: dict[str, float]) -> str:
 def measure(model, one_pass: Callable[[], None], candidates: dict[str, dict[str, str]]) -> dict[str, float]:
     """Seconds of `one_pass` with each of `candidates` (name: the library of each part, as multiply_as takes it): the
     median of ROUNDS rounds that alternate them, after a round that warms each up (the allocator's pools, oneDNN's
-    kernels, OpenBLAS's buffers: first uses a single warm-up pass left to the others were counted against them). The
-    model multiplies with torch's products afterwards."""
+    kernels, OpenBLAS's buffers), so that no library's first use is timed. The model multiplies with torch's products
+    afterwards."""
     seconds = {name: [] for name in candidates}
     with training_untouched(model):
         for round_ in range(ROUNDS + 1):
