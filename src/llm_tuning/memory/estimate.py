@@ -81,19 +81,19 @@ def estimate(
     tokens = config.train.batch_size * (config.data.max_length + virtual_input_tokens(model))
     malloc = cpu_malloc(allocator) if device == "cpu" else None
     activations = activation_bytes(shape, config, tokens, model) * (CPU_ALLOCATOR_FACTORS[malloc] if malloc else 1.0)
+    chunked = bool(config.train.loss_chunk_size) and chunked_loss_unsupported_reason(model) is None  # as trainer.py
     components = {
         "weights": base_bytes + 4 * added,
         "gradients": 4 * trained_count,
         "optimizer": optimizer_bytes(trained, config.train.optimizer),
         "activations": activations,
-        "logits": logits_bytes(config, model, tokens, shape.vocab_size),
+        "logits": logits_bytes(config, chunked, tokens, shape.vocab_size),
         "overhead": CPU_BASELINE_BYTES[malloc] if malloc else CUDA_CONTEXT_BYTES,
     }
     if method.trains_base:
         # The model's own weight gradients are allocated layer by layer in the backward pass while that layer's
         # activations are freed: the smaller of the two is not held on top of the other (measured: full, freeze).
         components["overlap"] = -min(components["gradients"], activations)
-    chunked = bool(config.train.loss_chunk_size) and chunked_loss_unsupported_reason(model) is None
     parts = split_parts(model, config.train.batch_size, processes, device == "cpu", chunked)[0] if config.train.split_step else 1
     if parts > 1:  # activations are shared out; each copy: its loss buffer, its gradients twice (its own, the shared ones)
         per_copy = components["logits"] + 2 * components["gradients"] + SPLIT_COPY_BASELINE_BYTES
@@ -164,10 +164,10 @@ def decoder_layer_bytes(model, weights: float) -> float:
     return weights * sum(p.numel() for p in first_layer.parameters()) / sum(p.numel() for p in model.parameters())
 
 
-def logits_bytes(config: Config, model, tokens: int, vocab_size: int) -> int:
+def logits_bytes(config: Config, chunked: bool, tokens: int, vocab_size: int) -> int:
     """fp32 logits and what the loss makes of them: for the whole micro-batch with transformers' loss, for one
-    chunk of labelled positions at a time with ours (training/loss.py)."""
-    if config.train.loss_chunk_size and chunked_loss_unsupported_reason(model) is None:
+    chunk of labelled positions at a time with ours (training/loss.py; `chunked`: where it applies)."""
+    if chunked:
         return int(CHUNKED_LOGITS_COPIES * min(tokens, config.train.loss_chunk_size) * vocab_size * 4)
     return int(LOGITS_COPIES * tokens * vocab_size * 4)
 
