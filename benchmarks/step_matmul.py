@@ -1,8 +1,9 @@
 """Which library makes the speed benchmark's training pass faster, timed as `train.cpu_matmul=auto` times it
 (speed/calibration.py): forward and backward of the first rows of the first micro-batch through the Trainer's own
 loss, each combination of torch's products (MKL) and oneDNN's for the layers and the LM head alternating, after a
-pass that warms up, with all of torch's threads (an unsplit step; `auto` times each part in turn). Each row of the
-table is a number of rows of that micro-batch; unsplit, `auto` measures the rows that fit in calibration.MAX_TOKENS.
+pass that warms up, with all of torch's threads (an unsplit step; `auto` times one pass per library and each part
+of it apart). Each row of the table is a number of rows of that micro-batch; `auto` measures the rows that fit in
+calibration.MAX_TOKENS.
 
     python benchmarks/step_matmul.py [--rounds 3] [--output FILE]
 
@@ -44,7 +45,7 @@ def time_passes(rounds: int) -> list[dict]:
         for count in range(1, BATCH + 1):
             one_pass, tokens = first_batch_pass(trainer, count * MAX_LENGTH)
             seconds = [calibration.measure(model, one_pass, combinations) for _ in range(rounds)]
-            best = {name: min(s[name] for s in seconds) for name in seconds[0]}
+            best = {name: min(sum(s[name].values()) for s in seconds) for name in seconds[0]}  # layers + head
             rows.append({"rows": count, "tokens": tokens, "seconds": best})
             print(f"  {count} row(s): {best}", file=sys.stderr, flush=True)
         return {**everywhere("torch"), "why": "benchmarks/step_matmul.py"}

@@ -27,21 +27,15 @@ def offered(monkeypatch):
     monkeypatch.setattr(calibration, "offered_libraries", lambda: ALL)
 
 
-def measured_part(candidates: dict) -> str:
-    """The part whose library the candidates vary."""
-    return next(part for part in PARTS if len({config[part] for config in candidates.values()}) > 1)
-
-
 def timed(monkeypatch, faster: dict) -> list:
-    """measure() replaced: 1 s for every library but those in `faster` ((part, library): seconds); returns each call's
-    (part, {library: config})."""
+    """measure() replaced: 1 s for each part with every library but those in `faster` ((part, library): seconds);
+    returns each call's candidates ({library: config})."""
     calls = []
 
     def fake_measure(model, one_pass, candidates):
         assert one_pass is no_pass
-        part = measured_part(candidates)
-        calls.append((part, candidates))
-        return {library: faster.get((part, library), 1.0) for library in candidates}
+        calls.append(candidates)
+        return {name: {part: faster.get((part, config[part]), 1.0) for part in PARTS} for name, config in candidates.items()}
 
     monkeypatch.setattr(calibration, "measure", fake_measure)
     return calls
@@ -61,14 +55,12 @@ def no_pass():
         ({("layers", "onednn"): 1.5}, everywhere("torch")),
     ],
 )
-def test_auto_takes_the_library_measured_fastest_for_each_part_in_turn(tiny_llama, cache, monkeypatch, offered, faster, chosen):
+def test_auto_takes_the_library_measured_fastest_for_each_part(tiny_llama, cache, monkeypatch, offered, faster, chosen):
     calls = timed(monkeypatch, faster)
     choice = calibration.choose_cpu_matmul(lora_model(tiny_llama), "auto", no_pass, 256, threads_per_pass=1)
     assert {part: choice[part] for part in PARTS} == chosen
-    (first, layers), (second, head) = calls
-    assert (first, second) == PARTS and list(layers) == list(head) == list(ALL)
-    assert all(config == {"layers": library, "head": "torch"} for library, config in layers.items())
-    assert all(config == {"layers": chosen["layers"], "head": library} for library, config in head.items())  # the winner
+    [candidates] = calls  # one set of passes times both parts
+    assert candidates == {library: everywhere(library) for library in ALL}
     assert all(f"{part}: torch 1" in choice["why"] for part in PARTS) and "256 tokens" in choice["why"]
     assert "with 1 thread," in choice["why"]
 
@@ -76,7 +68,7 @@ def test_auto_takes_the_library_measured_fastest_for_each_part_in_turn(tiny_llam
 def test_openblas_is_measured_only_with_one_thread_per_process(tiny_llama, cache, monkeypatch, offered):
     calls = timed(monkeypatch, {("layers", "openblas"): 0.5})
     choice = calibration.choose_cpu_matmul(lora_model(tiny_llama), "auto", no_pass, 64, threads_per_pass=2)
-    assert [list(candidates) for _, candidates in calls] == [["torch", "onednn"]] * 2 and choice["layers"] == "torch"
+    assert [list(candidates) for candidates in calls] == [["torch", "onednn"]] and choice["layers"] == "torch"
     assert "with 2 threads," in choice["why"]
 
 
@@ -85,11 +77,12 @@ def test_a_head_measured_only_with_the_libraries_training_would_multiply_it_with
     model = lora_model(tiny_llama)
     not_onednn = lambda library: library != "onednn"  # noqa: E731 - as on glibc (loss.head_follows_cpu_matmul)
     choice = calibration.choose_cpu_matmul(model, "auto", no_pass, 64, head_follows=not_onednn, threads_per_pass=1)
-    assert [(part, list(candidates)) for part, candidates in calls] == [("layers", list(ALL)), ("head", ["torch", "openblas"])]
-    assert (choice["layers"], choice["head"]) == ("onednn", "torch")
+    assert calls[0]["onednn"] == {"layers": "onednn", "head": "torch"}  # the head as training would multiply it
+    assert (choice["layers"], choice["head"]) == ("onednn", "torch") and "head: torch 1.000 s, openblas" in choice["why"]
     calls.clear()
     choice = calibration.choose_cpu_matmul(model, "auto", no_pass, 64, head_follows=not_onednn, threads_per_pass=2)
-    assert [part for part, _ in calls] == ["layers"] and "head:" not in choice["why"]  # torch's alone: nothing to measure
+    assert calls == [{"torch": everywhere("torch"), "onednn": {"layers": "onednn", "head": "torch"}}]
+    assert "head:" not in choice["why"]  # torch's alone: nothing to compare
 
 
 def test_measured_once_per_machine(tiny_llama, cache, monkeypatch, offered):
@@ -97,15 +90,15 @@ def test_measured_once_per_machine(tiny_llama, cache, monkeypatch, offered):
     model = lora_model(tiny_llama)
     first = calibration.choose_cpu_matmul(model, "auto", no_pass, 64)
     again = calibration.choose_cpu_matmul(model, "auto", no_pass, 64)
-    assert len(calls) == 2 and again["layers"] == first["layers"] == "torch" and again["head"] == first["head"] == "onednn"
+    assert len(calls) == 1 and again["layers"] == first["layers"] == "torch" and again["head"] == first["head"] == "onednn"
     assert again["why"].endswith("(measured before on this CPU, cached)") and "measuring took" not in again["why"]
     calibration.choose_cpu_matmul(model, "auto", no_pass, 50)  # about as many tokens (unpacked widths vary): cached
-    assert len(calls) == 2
+    assert len(calls) == 1
     threads = torch.get_num_threads()
     calibration.choose_cpu_matmul(model, "auto", no_pass, 64, threads_per_pass=threads + 1)  # another count: measured
     assert torch.get_num_threads() == threads  # and the threads set back
     calibration.choose_cpu_matmul(model, "auto", no_pass, 128)  # and another number of tokens
-    assert len(calls) == 6 and cache.is_file()
+    assert len(calls) == 3 and cache.is_file()
 
 
 def test_a_setting_is_obeyed_without_measuring(tiny_llama, cache, monkeypatch):
@@ -133,13 +126,14 @@ def test_the_passes_time_each_library_and_the_fastest_wins(tiny_llama, cache, fa
     def one_pass():  # as slow as the model's products make it: here, a pause under all libraries but one, per part
         libraries = tuple(library_of(linear) for linear in (layer, head))
         seen.append(libraries)
-        time.sleep(0.06 * (libraries[0] != fast_layers) + 0.03 * (libraries[1] != fast_head))
+        time.sleep(0.06 * (libraries[0] != fast_layers))
+        head_started = time.perf_counter()
+        time.sleep(0.03 * (libraries[1] != fast_head))
+        return time.perf_counter() - head_started
 
     choice = calibration.choose_cpu_matmul(model, "auto", one_pass, 64, threads_per_pass=1)
     assert (choice["layers"], choice["head"]) == (fast_layers, fast_head)
-    layers = [(library, "torch") for library in ALL] * (1 + calibration.ROUNDS)  # a round that warms each up, first
-    heads = [(fast_layers, library) for library in ALL] * (1 + calibration.ROUNDS)
-    assert seen == [*layers, *heads]
+    assert seen == [(library, library) for library in ALL] * (1 + calibration.ROUNDS)  # a round that warms each up, first
     assert library_of(layer) == library_of(head) == "torch"  # back on torch's: the caller switches to the chosen ones
 
 
@@ -153,6 +147,7 @@ def test_the_passes_leave_random_state_gradients_and_mode_as_they_were(tiny_llam
     def one_pass():
         assert model.training  # dropout on, as in a training step
         model(input_ids=ids, labels=ids).loss.backward()
+        return 0.0
 
     torch.manual_seed(3)
     expected = torch.rand(4)

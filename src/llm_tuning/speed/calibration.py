@@ -2,18 +2,20 @@
 timed alone nor by a rule written for one CPU.
 
 Before training, the start of the run's first micro-batch goes forward and backward through the model as training
-computes it (as many threads as each process computes with: one where the step is split over the cores),
-alternately with each library offered (torch's products, MKL on x86; oneDNN's; numpy's OpenBLAS, only where a process
-computes with one thread: cpu_matmul.py), for each of two parts in turn: the model's layers, then its LM head with
-the layers' winner (the head is measured only with the libraries training would multiply it with: loss.py); the
-median of a few passes, after one with each that warms it up. Another library than torch's is chosen only when it is
-clearly faster. Products timed alone mislead: on an AMD Zen 4 limited to AVX2, oneDNN multiplies the layers' shapes faster
-alone and runs the step slower, and its LM head's loss alone, 1.34x as fast on oneDNN, is no faster inside the step
-(docs/speed.md). The passes leave the training as they found it (random state, gradients, train/eval mode), so a run
-that measures computes exactly what a run that found the answer cached does. The answer is cached per CPU model,
-instruction-set limits, torch version, threads, allocator, libraries offered, the model's product shapes and the
-tokens measured, to the next power of two (files.cache_dir()/speed), so a later run on the same machine measures
-nothing. Which libraries won, and why, goes into the run summary's `speed_choices`.
+computes it (as many rows and threads as each process computes: one thread and a part's rows where the step is split
+over the cores), alternately with each library offered (torch's products, MKL on x86; oneDNN's; numpy's OpenBLAS, only
+where a process computes with one thread: cpu_matmul.py); the median of a few passes, after one with each that warms
+it up. Each pass is timed in two parts, for which the library is chosen apart: the model's LM head (from the decoder's
+last hidden states to the loss, where the chunked loss also forms the head's gradients) and the layers (the rest);
+the head is measured only with the libraries training would multiply it with (loss.py). Another library than torch's
+is chosen only when it is clearly faster. Products timed alone mislead: on an AMD Zen 4 limited to AVX2, oneDNN
+multiplies the layers' shapes faster alone and runs the step slower, and on a Zen 3 a pass of one row ranks MKL and
+OpenBLAS as equal where a split step's part of two rows runs 1.1x as fast on OpenBLAS (docs/speed.md). The passes
+leave the training as they found it (random state, gradients, train/eval mode), so a run that measures computes
+exactly what a run that found the answer cached does. The answer is cached per CPU model, instruction-set limits,
+torch version, threads, allocator, libraries offered, the model's product shapes and the tokens measured, to the next
+power of two (files.cache_dir()/speed), so a later run on the same machine measures nothing. Which libraries won,
+and why, goes into the run summary's `speed_choices`.
 """
 
 from __future__ import annotations
@@ -34,10 +36,10 @@ import torch
 from ..errors import UserError
 from ..files import cache_dir, write_json
 from .allocator import active_allocator
-from .cpu_matmul import everywhere, frozen_linears, multiply_as, offered_libraries, threads, use_torch_matmul
+from .cpu_matmul import PARTS, everywhere, frozen_linears, multiply_as, offered_libraries, threads, use_torch_matmul
 
 ROUNDS = 3  # the median of three: one pass that a quiet moment made fast decides nothing
-MAX_TOKENS = 1024  # two rows of 384 tokens rank the libraries as four do (benchmarks/step_matmul.py); more only slows start-up
+MAX_TOKENS = 1024  # per process: two rows of 384 tokens rank the libraries as four do (benchmarks/step_matmul.py), one does not
 MARGIN = 0.97  # another library must take less than 97% of torch's time: ties and noise keep torch's default path
 ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "OPENBLAS_CORETYPE")
 
@@ -45,7 +47,7 @@ ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTI
 def choose_cpu_matmul(
     model,
     setting: str,
-    one_pass: Callable[[], None],
+    one_pass: Callable[[], float],
     tokens: int,
     cpu_fp32: bool = True,
     head_follows: Callable[[str], bool] = lambda library: True,
@@ -53,10 +55,11 @@ def choose_cpu_matmul(
 ) -> dict:
     """{"layers": library, "head": library, "why": ...}: which library (of cpu_matmul.LIBRARIES) multiplies the model's
     frozen linear layers, and which its LM head, for `train.cpu_matmul` = `setting` on this model and machine;
-    `one_pass` runs a forward and backward pass of `tokens` tokens as training does; `cpu_fp32`: training computes
-    in fp32 on the CPU (elsewhere the other libraries are not used, and nothing is measured); `head_follows(library)`:
-    whether training multiplies the head with `library` where chosen for it (loss.head_follows_cpu_matmul);
-    `threads_per_pass`: the threads a process computes a training pass with (default torch's count)."""
+    `one_pass` runs a forward and backward pass of `tokens` tokens as training does and returns the seconds the LM
+    head's part of it took; `cpu_fp32`: training computes in fp32 on the CPU (elsewhere the other libraries are not
+    used, and nothing is measured); `head_follows(library)`: whether training multiplies the head with `library`
+    where chosen for it (loss.head_follows_cpu_matmul); `threads_per_pass`: the threads a process computes a training
+    pass with (default torch's count)."""
     if setting != "auto":
         return {**everywhere(setting), "why": f"train.cpu_matmul={setting}"}
     if not cpu_fp32:
@@ -75,20 +78,20 @@ def choose_cpu_matmul(
     if key in known:
         return {**known[key], "why": known[key]["why"] + " (measured before on this CPU, cached)"}
     started = time.perf_counter()
-    choice, seconds = everywhere("torch"), {}
+    libraries = list(dict.fromkeys(library for measured in candidates.values() for library in measured))
     with threads(threads_per_pass):
-        for part, libraries in candidates.items():  # the layers, then the head with the layers' winner
-            seconds[part] = measure(model, one_pass, {library: {**choice, part: library} for library in libraries})
-            choice[part] = fastest(seconds[part])
+        timed = measure(model, one_pass, {library: passes_with(library, candidates) for library in libraries})
+    seconds = {part: {library: timed[library][part] for library in measured} for part, measured in candidates.items()}
     timings = "; ".join(
         f"{part}: " + ", ".join(f"{library} {value:.3f} s" for library, value in measured.items())
         for part, measured in seconds.items()
     )
     thread_count = f"{threads_per_pass} thread" + ("s" if threads_per_pass > 1 else "")
     choice = {
-        **choice,
+        **everywhere("torch"),
+        **{part: fastest(measured) for part, measured in seconds.items()},
         "why": f"measured on a training pass (forward and backward) of {tokens} tokens of the first batch, with "
-        f"{thread_count}, for each part in turn: {timings}",
+        f"{thread_count}, each part timed apart: {timings}",
         "seconds": seconds,
     }
     _write(cache, {**known, key: choice})
@@ -104,27 +107,34 @@ def candidate_libraries(parts: dict, head_follows: Callable[[str], bool], thread
     return {part: libraries for part, libraries in candidates.items() if len(libraries) > 1}
 
 
+def passes_with(library: str, candidates: dict[str, list[str]]) -> dict[str, str]:
+    """The library of each part in the passes that time `library`: torch's for a part it is not measured for."""
+    return {part: library if library in candidates.get(part, ()) else "torch" for part in PARTS}
+
+
 def fastest(seconds: dict[str, float]) -> str:
     """The fastest library of those timed (by name), if clearly faster than torch's products; else "torch"."""
     best = min(seconds, key=seconds.get)
     return best if seconds[best] < MARGIN * seconds["torch"] else "torch"
 
 
-def measure(model, one_pass: Callable[[], None], candidates: dict[str, dict[str, str]]) -> dict[str, float]:
-    """Seconds of `one_pass` with each of `candidates` (name: the library of each part, as multiply_as takes it): the
-    median of ROUNDS rounds that alternate them, after a round that warms each up (the allocator's pools, oneDNN's
-    kernels, OpenBLAS's buffers), so that no library's first use is timed. The model multiplies with torch's products
-    afterwards."""
-    seconds = {name: [] for name in candidates}
+def measure(model, one_pass: Callable[[], float], candidates: dict[str, dict[str, str]]) -> dict[str, dict[str, float]]:
+    """Seconds of each part of `one_pass` (which returns the head's) with each of `candidates` (name: the library of
+    each part, as multiply_as takes it): the median of ROUNDS rounds that alternate them, after a round that warms each
+    up (the allocator's pools, oneDNN's kernels, OpenBLAS's buffers), so that no library's first use is timed. The
+    model multiplies with torch's products afterwards."""
+    passes = {name: [] for name in candidates}
     with training_untouched(model):
         for round_ in range(ROUNDS + 1):
             for name, config in candidates.items():
                 multiply_as(model, config)
                 started = time.perf_counter()
-                one_pass()
+                head = one_pass()
                 if round_:
-                    seconds[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in seconds.items()}
+                    passes[name].append({"layers": time.perf_counter() - started - head, "head": head})
+    return {
+        name: {part: statistics.median(timed[part] for timed in timings) for part in PARTS} for name, timings in passes.items()
+    }
 
 
 @contextmanager
@@ -159,7 +169,7 @@ def machine_key(shapes: Counter, tokens: int, threads_per_pass: int, candidates:
         "candidates": candidates,
         "shapes": sorted([list(shape), count] for shape, count in shapes.items()),
         "tokens": 1 << (tokens - 1).bit_length(),  # to the next power of two: unpacked batches vary in width
-        "measured": "training pass, each part in turn",  # earlier versions' answers (every combination) are not reused
+        "measured": "training pass, parts timed apart",  # earlier versions' answers (each part in turn) are not reused
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 

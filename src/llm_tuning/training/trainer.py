@@ -5,6 +5,7 @@ batches, the loss computed by training/loss.py on labelled tokens only, and chec
 from __future__ import annotations
 
 import inspect
+import time
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -190,7 +191,7 @@ def cpu_matmul_choice(trainer: LeanTrainer, model, train: TrainConfig, parts: in
     `auto` times passes of the first batch as each process will compute them; where the step is split in `parts`,
     one part's rows with one thread."""
     cpu_fp32 = trainer.args.device.type == "cpu" and train.precision == "fp32"  # FSDP/ZeRO move it later
-    one_pass, tokens = first_batch_pass(trainer, MAX_TOKENS // parts, parts)
+    one_pass, tokens = first_batch_pass(trainer, MAX_TOKENS, parts)
     head_follows = partial(head_follows_cpu_matmul, trainer.loss_chunk_size)
     threads = 1 if parts > 1 else None
     return choose_cpu_matmul(model, train.cpu_matmul, one_pass, tokens, cpu_fp32, head_follows, threads_per_pass=threads)
@@ -200,16 +201,26 @@ def first_batch_pass(trainer: LeanTrainer, max_tokens: int, parts: int = 1):
     """A forward and backward pass of the first rows of the run's first micro-batch, or of its first part where the
     step is split in `parts` (as many as fit in `max_tokens`; a row longer than that alone, cut to its first
     `max_tokens` tokens), computed as a training step computes it, and its number of tokens: what
-    speed/calibration.py times. Cut, since the passes are many and a pass grows faster than its tokens (attention);
-    docs/speed.md says what the cut saves."""
+    speed/calibration.py times. The pass returns the seconds from the decoder's last hidden states to the loss: the LM
+    head's part (with the chunked loss, the head's gradients are formed there too). Cut, since the passes are many
+    and a pass grows faster than its tokens (attention); docs/speed.md says what the cut saves."""
     size = max(1, min(trainer.args.per_device_train_batch_size, len(trainer.train_dataset)) // parts)
     batch = trainer.data_collator([trainer.train_dataset[index] for index in range(size)])
     width = min(batch["input_ids"].shape[1], max_tokens)
     rows = min(size, max_tokens // width)  # at least one: the width is cut to max_tokens
     batch = {key: value[:rows, :width] for key, value in batch.items()}
+    decoder = base_model(trainer.model).get_decoder()
 
-    def one_pass():
-        trainer.compute_loss(trainer.model, dict(batch)).backward()
+    def one_pass() -> float:
+        hidden_at = []
+        hook = decoder.register_forward_hook(lambda *_: hidden_at.append(time.perf_counter()))
+        try:
+            loss = trainer.compute_loss(trainer.model, dict(batch))
+        finally:
+            hook.remove()
+        head_seconds = time.perf_counter() - hidden_at[-1] if hidden_at else 0.0  # 0: the decoder was not seen
+        loss.backward()
+        return head_seconds
 
     return one_pass, rows * width
 
