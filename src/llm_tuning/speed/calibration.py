@@ -9,13 +9,13 @@ it up. Each pass is timed in two parts, for which the library is chosen apart: t
 last hidden states to the loss, where the chunked loss also forms the head's gradients) and the layers (the rest);
 the head is measured only with the libraries training would multiply it with (loss.py). Another library than torch's
 is chosen only when it is clearly faster. Products timed alone mislead: on an AMD Zen 4 limited to AVX2, oneDNN
-multiplies the layers' shapes faster alone and runs the step slower, and on a Zen 3 a pass of one row ranks MKL and
-OpenBLAS as equal where a split step's part of two rows runs 1.1x as fast on OpenBLAS (docs/speed.md). The passes
-leave the training as they found it (random state, gradients, train/eval mode), so a run that measures computes
-exactly what a run that found the answer cached does. The answer is cached per CPU model, instruction-set limits,
-torch version, threads, allocator, libraries offered, the model's product shapes and the tokens measured, to the next
-power of two (files.cache_dir()/speed), so a later run on the same machine measures nothing. Which libraries won,
-and why, goes into the run summary's `speed_choices`.
+multiplies the layers' shapes faster alone and runs the step slower; and on a Zen 3, where split steps run 1.1x as fast
+on OpenBLAS as on MKL, passes of one row that timed each part in turn, the other on MKL, ranked them about equal
+(docs/speed.md). The passes leave the training as they found it (random state, gradients, train/eval mode), so a run
+that measures computes exactly what a run that found the answer cached does. The answer is cached per CPU model,
+instruction-set limits, torch version, threads, allocator, libraries offered, the model's product shapes and the
+tokens measured, to the next power of two (files.cache_dir()/speed), so a later run on the same machine measures
+nothing. Which libraries won, and why, goes into the run summary's `speed_choices`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from .allocator import active_allocator
 from .cpu_matmul import PARTS, everywhere, frozen_linears, multiply_as, offered_libraries, threads, use_torch_matmul
 
 ROUNDS = 3  # the median of three: one pass that a quiet moment made fast decides nothing
-MAX_TOKENS = 1024  # per process: two rows of 384 tokens rank the libraries as four do (benchmarks/step_matmul.py), one does not
+MAX_TOKENS = 1024  # per process: two rows of 384 tokens rank the libraries as four do (benchmarks/step_matmul.py)
 MARGIN = 0.97  # another library must take less than 97% of torch's time: ties and noise keep torch's default path
 ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "OPENBLAS_CORETYPE")
 

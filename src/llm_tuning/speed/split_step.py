@@ -49,7 +49,7 @@ def split_parts(model, batch_size: int, processes: int, on_cpu: bool, chunked_lo
     blocked = split_unsupported_reason(model, batch_size, processes, on_cpu, chunked_loss)
     if blocked:
         return 1, blocked
-    parts = min(torch.get_num_threads(), batch_size)
+    parts = most_parts(batch_size)
     return parts, f"{parts} threads: each computes a part of every micro-batch's rows in its own process"
 
 
@@ -69,10 +69,15 @@ def split_unsupported_reason(model, batch_size: int, processes: int, on_cpu: boo
     trainable, total = count_parameters(model)
     if trainable > MAX_TRAINABLE_SHARE * total:
         return f"more than {MAX_TRAINABLE_SHARE:.0%} of the parameters train"
-    shared = 4 * trainable * (1 + min(torch.get_num_threads(), batch_size))  # the parameters, a gradient buffer per copy
+    shared = 4 * trainable * (1 + most_parts(batch_size))  # the parameters, a gradient buffer per copy
     if shared_memory_free() < 2 * shared:
         return f"/dev/shm has less than {2 * shared / 2**20:.0f} MiB free for the trained parameters and gradients"
     return None
+
+
+def most_parts(batch_size: int) -> int:
+    """A part per thread, and at least a row per part."""
+    return min(torch.get_num_threads(), batch_size)
 
 
 def shared_memory_free() -> int:
@@ -99,6 +104,7 @@ class SplitStep:
         return sum(self.peaks.values())
 
     def start(self) -> None:
+        self.peaks.clear()  # a later train() on the same trainer forks new copies: their peaks only
         for param in self.params:
             param.data.share_memory_()  # in place: the optimizer keeps the same parameters
         numel = sum(p.numel() for p in self.params)
