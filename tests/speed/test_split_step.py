@@ -68,6 +68,18 @@ def test_a_split_step_gives_the_unsplit_loss_and_gradients(linear, parts):
     assert not split.workers
 
 
+def test_copies_forked_again_count_only_their_own_peaks(linear):
+    split = SplitStep(linear, squared_error_part, parts=2, seed=0)
+    try:
+        split.step(linear, batch(4), 4, step=0, micro=0)
+        first = set(split.peaks)
+        split.close()  # as a train() ends; a later train() on the same trainer forks new copies
+        split.step(linear, batch(4), 4, step=0, micro=0)
+        assert len(split.peaks) == 1 and set(split.peaks) != first  # the ended copy's peak is not counted again
+    finally:
+        split.close()
+
+
 def test_a_failing_copy_fails_the_step_with_its_error(linear):
     inputs = batch(4)
     inputs["x"][3] = -1  # in the copy's rows only
