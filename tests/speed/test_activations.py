@@ -3,9 +3,10 @@ same dropout masks) while keeping fewer bytes for backward."""
 
 import pytest
 import torch
+from torch.nn import functional as F
 
 from helpers import lora_model
-from llm_tuning.speed.activations import keep_fewer_activations
+from llm_tuning.speed.activations import DropoutLinear, keep_fewer_activations, kept_by_dropout
 
 
 def step(model, seed=1):
@@ -86,3 +87,39 @@ def test_chatglms_fused_swiglu_keeps_gate_and_up_only(chatglm_folder):
     for name in grads_plain:
         torch.testing.assert_close(grads_lean[name], grads_plain[name], atol=1e-6, rtol=1e-5, msg=name)
     assert kept_plain - kept_lean >= 2 * 2 * 24 * 4 * plain.config.ffn_hidden_size  # act(gate) per layer and token
+
+
+def test_fast_masks_drop_at_the_rate_asked_and_follow_torchs_seed():
+    x = torch.zeros(999, 1001)  # an odd count: half of the last 64-bit word goes unused
+    torch.manual_seed(3)
+    first, second = kept_by_dropout(x, 0.1, fast=True), kept_by_dropout(x, 0.1, fast=True)
+    assert first.shape == x.shape and first.dtype == torch.bool
+    for mask in (first, second, first[-1:]):  # the last row too: every word's both halves are used
+        assert abs((~mask).float().mean().item() - 0.1) < 5 * (0.1 * 0.9 / mask.numel()) ** 0.5
+    assert not torch.equal(first, second)  # each mask from its own draws
+    torch.manual_seed(3)
+    assert torch.equal(kept_by_dropout(x, 0.1, fast=True), first)  # torch's seed decides every mask
+    state = torch.get_rng_state()
+    drawn = kept_by_dropout(x, 0.1, fast=True)
+    torch.set_rng_state(state)  # as a resumed run restores it
+    assert torch.equal(kept_by_dropout(x, 0.1, fast=True), drawn)
+    torch.manual_seed(3)
+    assert not torch.equal(kept_by_dropout(x, 0.1, fast=False), first)  # not torch's own masks
+
+
+def test_fast_masks_train_as_dropout_with_those_masks(tiny_llama):
+    """The forward and backward are dropout's with the mask drawn fast; a LoRA model says it draws so."""
+    x, weight = torch.randn(3, 7, 16, requires_grad=True), torch.randn(4, 16, requires_grad=True)
+    torch.manual_seed(5)
+    DropoutLinear.apply(x, weight, 0.25, True).square().sum().backward()
+    torch.manual_seed(5)
+    kept = kept_by_dropout(x, 0.25, fast=True)
+    x_plain, weight_plain = x.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
+    F.linear(x_plain * kept.to(x.dtype).div_(0.75), weight_plain).square().sum().backward()
+    torch.testing.assert_close(x.grad, x_plain.grad, atol=0, rtol=0)
+    torch.testing.assert_close(weight.grad, weight_plain.grad)
+    drawn_by_torch, drawn_fast = lora_model(tiny_llama), lora_model(tiny_llama)
+    keep_fewer_activations(drawn_by_torch)
+    assert keep_fewer_activations(drawn_fast, "fast")[1] == "14 LoRA dropouts keep a 1-byte mask, drawn fast on a CPU"
+    loss_torch, loss_fast = step(drawn_by_torch)[0], step(drawn_fast)[0]
+    assert torch.isfinite(loss_fast) and not torch.equal(loss_fast, loss_torch)  # the same seed, other masks

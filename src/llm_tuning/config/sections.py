@@ -139,6 +139,14 @@ class TrainConfig:
         "Keep fewer tensors for backward with the same results: gated MLPs keep gate and up only (the activation is "
         "recomputed), LoRA dropout keeps a 1-byte mask and the shared input.",
     )
+    dropout_masks: str = option(
+        "fast",
+        "How LoRA's dropout masks are drawn where lean activations rewrite it: `fast` on a CPU draws each mask from numpy's "
+        "PCG64, seeded by one draw from torch's generator (repeatable from the seed, exact on resume, the drop rate exact "
+        "to 2**-32; torch draws its CPU masks one element at a time); `torch` draws torch's own masks, as peft's "
+        "dropout does. On a GPU both are torch's.",
+        choices=("fast", "torch"),
+    )
     cpu_matmul: str = option(
         "auto",
         "Which library multiplies frozen fp32 linear layers on a CPU: `torch` (MKL on x86), `onednn`, `openblas` (numpy's; "

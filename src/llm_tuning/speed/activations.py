@@ -9,6 +9,7 @@ Autograd keeps whatever each op needs for its own gradient, so two common patter
   mask, and rebuilds the dropped-out input for lora_A's gradient.
 Both compute with the same ops, the same random draws and the same order as the modules they replace, so losses and
 gradients match the plain path (tests/speed/test_activations.py), while peak memory falls (docs/speed.md).
+The one exception is asked for (`train.dropout_masks=fast`): on a CPU, the masks drawn faster than torch draws them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import inspect
 from functools import cache, partial
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -61,15 +63,25 @@ class GatedProduct(torch.autograd.Function):
         return grad_gate, grad_up, None, None
 
 
+def kept_by_dropout(x: torch.Tensor, p: float, fast: bool) -> torch.Tensor:
+    """Which elements of x dropout keeps (bool, x's shape). As torch's dropout draws them (bernoulli_(1 - p)), straight
+    into bytes: bernoulli_ draws the same numbers whatever the tensor's dtype. Or, `fast` and on a CPU, where torch
+    draws one element at a time: 32-bit numbers from numpy's PCG64, a word per element, kept at or above p * 2**32;
+    seeded by one draw from torch's generator, so torch's seed and saved state still decide every mask."""
+    if not fast or x.device.type != "cpu":
+        return torch.empty_like(x, dtype=torch.bool).bernoulli_(1 - p)
+    seed = int(torch.randint(2**63 - 1, (1,)))
+    words = np.random.PCG64(seed).random_raw((x.numel() + 1) // 2).view(np.uint32)[: x.numel()]
+    return torch.from_numpy(words >= np.uint32(min(round(p * 2**32), 2**32 - 1))).view(x.shape)
+
+
 class DropoutLinear(torch.autograd.Function):
-    """linear(dropout(x, p), weight), keeping x and a 1-byte mask for backward. The mask is drawn as torch's CPU
-    dropout draws it (bernoulli_(1 - p), then divided by 1 - p), so the same seed gives the same mask. It is drawn
-    straight into bytes: bernoulli_ draws the same numbers whatever the tensor's dtype, and this skips writing a
-    float mask and converting it."""
+    """linear(dropout(x, p), weight), keeping x and a 1-byte mask for backward. The mask is applied as torch's
+    dropout applies it (as a float, divided by 1 - p)."""
 
     @staticmethod
-    def forward(ctx, x, weight, p: float):
-        kept = torch.empty_like(x, dtype=torch.bool).bernoulli_(1 - p)
+    def forward(ctx, x, weight, p: float, fast_masks: bool = False):
+        kept = kept_by_dropout(x, p, fast_masks)
         ctx.save_for_backward(x, kept, weight)
         ctx.p = p
         return F.linear(x * kept.to(x.dtype).div_(1 - p), weight)
@@ -84,7 +96,7 @@ class DropoutLinear(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             dropped = (x * noise).reshape(-1, x.shape[-1]).to(grad.dtype)
             grad_weight = grad.reshape(-1, grad.shape[-1]).t().mm(dropped).to(weight.dtype)
-        return grad_x, grad_weight, None
+        return grad_x, grad_weight, None, None
 
 
 def gated_mlp_forward(mlp, activation: str, x, kernels=None):
@@ -105,14 +117,15 @@ def is_fused_gated_mlp(module) -> bool:
     return getattr(module, "fused_gated_layers", None) is not None and getattr(module, "gated_activation", None) in ACTIVATIONS
 
 
-def lora_a_forward(lora_a: nn.Linear, p: float, x):
+def lora_a_forward(lora_a: nn.Linear, p: float, fast_masks: bool, x):
     if lora_a.training:
-        return DropoutLinear.apply(x, lora_a.weight, p)
+        return DropoutLinear.apply(x, lora_a.weight, p, fast_masks)
     return F.linear(x, lora_a.weight)
 
 
-def keep_fewer_activations(model) -> list[str]:
-    """Rewrite, in place, the gated MLPs and LoRA dropouts of `model` as above; says what it rewrote."""
+def keep_fewer_activations(model, dropout_masks: str = "torch") -> list[str]:
+    """Rewrite, in place, the gated MLPs and LoRA dropouts of `model` as above; says what it rewrote.
+    `dropout_masks` is `train.dropout_masks`: "torch" draws torch's own masks, "fast" draws faster ones on a CPU."""
     mlps = [m for m in model.modules() if is_gated_mlp(m)]
     for mlp in mlps:
         if is_fused_gated_mlp(mlp):
@@ -126,10 +139,11 @@ def keep_fewer_activations(model) -> list[str]:
             plain = name not in getattr(module, "lora_variant", {})  # DoRA and other variants use x differently
             if plain and type(dropout) is nn.Dropout and 0 < dropout.p < 1 and type(lora_a) is nn.Linear and lora_a.bias is None:
                 module.lora_dropout[name] = nn.Identity()
-                lora_a.forward = partial(lora_a_forward, lora_a, dropout.p)
+                lora_a.forward = partial(lora_a_forward, lora_a, dropout.p, dropout_masks == "fast")
                 dropouts += 1
     done = [f"{len(mlps)} gated MLPs keep gate and up only"] if mlps else []
-    return done + ([f"{dropouts} LoRA dropouts keep a 1-byte mask"] if dropouts else [])
+    drawn = ", drawn fast on a CPU" if dropout_masks == "fast" else ""
+    return done + ([f"{dropouts} LoRA dropouts keep a 1-byte mask{drawn}"] if dropouts else [])
 
 
 @cache

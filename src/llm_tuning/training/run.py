@@ -93,7 +93,7 @@ def train_in_group(config: Config, here: World) -> dict:
     if config.train.check_memory:
         check_fits(config, predicted, sharing=1 if _device() == "cuda" else int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     model, epsilon = prepare_model(config, method, resolved_path, tokenizer, adjustments)
-    lean = keep_fewer_activations(model) if config.train.lean_activations else []
+    lean = keep_fewer_activations(model, config.train.dropout_masks) if config.train.lean_activations else []
     trainable, total = count_parameters(model)
     if trainable == 0:
         raise UserError(f"method {config.method.name} leaves nothing to train on this model")
