@@ -3,29 +3,33 @@ oneDNN (which torch also ships) and OpenBLAS (numpy's). Each product of one trai
 (SmolLM2-135M, 4 rows x 384 tokens, LoRA on q,v) is timed alone, forward (x @ W.T) and backward (grad @ W), on
 random fp32 inputs; the best of 3 interleaved rounds is kept, since this machine's speed drifts between runs.
 
-    python benchmarks/cpu_matmul.py
+    python benchmarks/cpu_matmul.py [--threads N] [--rows N]
 
+`--threads 1 --rows 768` times what one part of the split step multiplies (docs/speed.md#the-step-split-over-the-cores):
+one thread, two rows of 384 tokens.
 A training step spends most of its time in these products (benchmarks/profile_step.py), so they bound its speed.
 Timed alone they run faster than inside a step, where their inputs come cold from memory.
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 TOKENS = 4 * 384  # one micro-batch of the speed benchmark
 LABELLED = 512  # one chunk of the LM head (train.loss_chunk_size)
 LAYERS = 30
 # (name, out features, in features, calls per step): SmolLM2-135M's frozen projections, and the LM head chunks
 PRODUCTS = [
-    ("q_proj, o_proj", 576, 576, 2 * LAYERS, TOKENS),
-    ("k_proj, v_proj", 192, 576, 2 * LAYERS, TOKENS),
-    ("gate_proj, up_proj", 1536, 576, 2 * LAYERS, TOKENS),
-    ("down_proj", 576, 1536, LAYERS, TOKENS),
-    ("LM head, 512 labels", 49152, 576, 3, LABELLED),
+    ("q_proj, o_proj", 576, 576, 2 * LAYERS, None),  # None: the micro-batch's tokens (--rows)
+    ("k_proj, v_proj", 192, 576, 2 * LAYERS, None),
+    ("gate_proj, up_proj", 1536, 576, 2 * LAYERS, None),
+    ("down_proj", 576, 1536, LAYERS, None),
+    ("LM head, 512 labels", 49152, 576, None, LABELLED),  # None: 3 chunks in 4 x 384 tokens, as many per token
 ]
 ROUNDS = 3
 LIBRARIES = ("torch (MKL)", "oneDNN", "OpenBLAS (numpy)")
@@ -58,6 +62,13 @@ def libraries(x, w, grad):
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, help="torch's and OpenBLAS's threads (default: torch's own count)")
+    parser.add_argument("--rows", type=int, default=TOKENS, help=f"tokens multiplied by each layer (default {TOKENS})")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        threadpool_limits(limits=args.threads, user_api="blas")
     torch.manual_seed(0)
     step_seconds = dict.fromkeys(LIBRARIES, 0.0)
     print(
@@ -67,6 +78,8 @@ def main() -> None:
     print("| product (rows x in -> out) | calls per step | " + " | ".join(f"{n} fwd | {n} bwd" for n in LIBRARIES) + " |")
     print("| --- | ---: | " + " | ".join("---: | ---:" for _ in LIBRARIES) + " |")
     for label, out_features, in_features, calls, rows in PRODUCTS:
+        rows = rows or args.rows
+        calls = calls or max(1, round(3 * args.rows / TOKENS))
         x, w, grad = torch.randn(rows, in_features), torch.randn(out_features, in_features), torch.randn(rows, out_features)
         flops = 2 * rows * in_features * out_features
         repeats = max(3, int(2e10 // flops))  # about 20 GFLOP per timing
