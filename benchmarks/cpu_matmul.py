@@ -7,6 +7,7 @@ random fp32 inputs; the best of 3 interleaved rounds is kept, since this machine
 
 `--threads 1 --rows 768` times what one part of the split step multiplies (docs/speed.md#the-step-split-over-the-cores):
 one thread, two rows of 384 tokens.
+
 A training step spends most of its time in these products (benchmarks/profile_step.py), so they bound its speed.
 Timed alone they run faster than inside a step, where their inputs come cold from memory.
 """
@@ -23,7 +24,7 @@ from threadpoolctl import threadpool_limits
 TOKENS = 4 * 384  # one micro-batch of the speed benchmark
 LABELLED = 512  # one chunk of the LM head (train.loss_chunk_size)
 LAYERS = 30
-# (name, out features, in features, calls per step): SmolLM2-135M's frozen projections, and the LM head chunks
+# (name, out features, in features, calls per step, rows): SmolLM2-135M's frozen projections, and the LM head chunks
 PRODUCTS = [
     ("q_proj, o_proj", 576, 576, 2 * LAYERS, None),  # None: the micro-batch's tokens (--rows)
     ("k_proj, v_proj", 192, 576, 2 * LAYERS, None),
