@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch's threads (default 1, as a split part)")
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 128, 192, 256, 384], help="sample lengths")
     args = parser.parse_args()
+    if args.threads < 1 or min(args.lengths) < 1:
+        parser.error("--threads and --lengths take whole numbers of at least 1")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     times = {length: ([], []) for length in args.lengths}

@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch's and OpenBLAS's threads (default: torch's own count)")
     parser.add_argument("--rows", type=int, default=TOKENS, help=f"tokens multiplied by each layer (default {TOKENS})")
     args = parser.parse_args()
+    if (args.threads is not None and args.threads < 1) or args.rows < 1:
+        parser.error("--threads and --rows take whole numbers of at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
         threadpool_limits(limits=args.threads, user_api="blas")
