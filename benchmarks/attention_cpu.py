@@ -19,13 +19,16 @@ import time
 import torch
 from torch.nn.functional import scaled_dot_product_attention
 
-HEADS, KV_HEADS, HEAD_DIM = 9, 3, 64  # SmolLM2-135M
+from lora_mfu import SHAPES, flops_per_token
+
+SHAPE = SHAPES["smollm2-135m"]
+HEADS, KV_HEADS, HEAD_DIM = SHAPE["num_attention_heads"], SHAPE["num_key_value_heads"], SHAPE["head_dim"]
 ROUNDS = 3
 
 
 def attention_flops(length: int) -> float:
-    """Forward and backward FLOPs of one layer's causal attention over a sample (benchmarks/lora_mfu.py's count)."""
-    return 12 * HEADS * HEAD_DIM * length * (length + 1) / 2
+    """Forward and backward FLOPs of one layer's causal attention over a sample, as lora_mfu.py counts them."""
+    return flops_per_token(SHAPE, length)["attention"] * length / SHAPE["num_hidden_layers"]
 
 
 def timed_calls(length: int, calls: int) -> tuple[list[float], list[float]]:

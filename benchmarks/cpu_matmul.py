@@ -19,10 +19,12 @@ import time
 
 import numpy as np
 import torch
-from threadpoolctl import threadpool_limits
+
+from llm_tuning.speed.cpu_matmul import threads
 
 TOKENS = 4 * 384  # one micro-batch of the speed benchmark
 LABELLED = 512  # one chunk of the LM head (train.loss_chunk_size)
+HEAD_CHUNKS = 3  # the LM head's chunks in a micro-batch of TOKENS
 LAYERS = 30
 # (name, out features, in features, calls per step, rows): SmolLM2-135M's frozen projections, and the LM head chunks
 PRODUCTS = [
@@ -30,7 +32,7 @@ PRODUCTS = [
     ("k_proj, v_proj", 192, 576, 2 * LAYERS, None),
     ("gate_proj, up_proj", 1536, 576, 2 * LAYERS, None),
     ("down_proj", 576, 1536, LAYERS, None),
-    ("LM head, 512 labels", 49152, 576, None, LABELLED),  # None: 3 chunks in 4 x 384 tokens, as many per token
+    ("LM head, 512 labels", 49152, 576, None, LABELLED),  # None: HEAD_CHUNKS per TOKENS, as many per token
 ]
 ROUNDS = 3
 LIBRARIES = ("torch (MKL)", "oneDNN", "OpenBLAS (numpy)")
@@ -69,9 +71,12 @@ def main() -> None:
     args = parser.parse_args()
     if (args.threads is not None and args.threads < 1) or args.rows < 1:
         parser.error("--threads and --rows take whole numbers of at least 1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        threadpool_limits(limits=args.threads, user_api="blas")
+    with threads(args.threads or torch.get_num_threads()):
+        time_products(args.rows)
+
+
+def time_products(tokens: int) -> None:
+    """The table of rates per product and library, and the step's products in all, for `tokens` rows per layer."""
     torch.manual_seed(0)
     step_seconds = dict.fromkeys(LIBRARIES, 0.0)
     print(
@@ -81,8 +86,8 @@ def main() -> None:
     print("| product (rows x in -> out) | calls per step | " + " | ".join(f"{n} fwd | {n} bwd" for n in LIBRARIES) + " |")
     print("| --- | ---: | " + " | ".join("---: | ---:" for _ in LIBRARIES) + " |")
     for label, out_features, in_features, calls, rows in PRODUCTS:
-        rows = rows or args.rows
-        calls = calls or max(1, round(3 * args.rows / TOKENS))
+        rows = rows or tokens
+        calls = calls or max(1, round(HEAD_CHUNKS * tokens / TOKENS))
         x, w, grad = torch.randn(rows, in_features), torch.randn(out_features, in_features), torch.randn(rows, out_features)
         flops = 2 * rows * in_features * out_features
         repeats = max(3, int(2e10 // flops))  # about 20 GFLOP per timing
