@@ -1,8 +1,9 @@
-"""How fast torch's CPU flash attention runs the speed benchmark's attention: SmolLM2-135M's heads (9 query heads
-sharing 3 key/value heads, head dim 64), causal, one sample per call as packed attention calls it
-(speed/packed_attention.py), forward and backward, on random fp32 inputs, at the sample lengths given.
+"""How fast the speed benchmark's attention runs, in torch's CPU flash kernel and in the C kernel of
+`train.cpu_kernels` (speed/cpu_kernels.py): SmolLM2-135M's heads (9 query heads sharing 3 key/value heads, head dim
+64), causal, one sample per call, forward and backward, on random fp32 inputs laid out as transformers' attention
+has them, at the sample lengths given; the C kernel at each block of query rows given.
 
-    python benchmarks/attention_cpu.py [--threads N] [--lengths 64 128 ...]
+    python benchmarks/attention_cpu.py [--threads N] [--lengths 64 128 ...] [--blocks 32 64 ...]
 
 One thread by default, as each part of the split step computes. FLOPs are counted as benchmarks/lora_mfu.py counts
 attention (the causal half of the square; forward 1/3, backward 2/3), so the rates compare with the matrix
@@ -19,6 +20,7 @@ import time
 import torch
 from torch.nn.functional import scaled_dot_product_attention
 
+from llm_tuning.speed import cpu_kernels
 from lora_mfu import SHAPES, flops_per_token
 
 SHAPE = SHAPES["smollm2-135m"]
@@ -31,17 +33,29 @@ def attention_flops(length: int) -> float:
     return flops_per_token(SHAPE, length)["attention"] * length / SHAPE["num_hidden_layers"]
 
 
-def timed_calls(length: int, calls: int) -> tuple[list[float], list[float]]:
+def flash(q, k, v):
+    return scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+
+def c_kernel(block: int):
+    def attend(q, k, v):
+        cpu_kernels.ATTENTION_BLOCK = block
+        return cpu_kernels.packed_attention(q, k, v, [[q.shape[2]]], None)
+
+    return attend
+
+
+def timed_calls(attend, length: int, calls: int) -> tuple[list[float], list[float]]:
     """Seconds of `calls` forward passes and of their backward passes, on fresh inputs each."""
     forward, backward = [], []
     for _ in range(calls):
-        q = torch.randn(1, HEADS, length, HEAD_DIM, requires_grad=True)
-        k, v = (torch.randn(1, KV_HEADS, length, HEAD_DIM, requires_grad=True) for _ in range(2))
-        grad = torch.randn(1, HEADS, length, HEAD_DIM)
+        # heads x tokens views of tokens x heads memory, as transformers' attention passes them
+        q = torch.randn(1, length, HEADS, HEAD_DIM).transpose(1, 2).requires_grad_()
+        k, v = (torch.randn(1, length, KV_HEADS, HEAD_DIM).transpose(1, 2).requires_grad_() for _ in range(2))
         started = time.perf_counter()
-        out = scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        out = attend(q, k, v)
         middle = time.perf_counter()
-        out.backward(grad)
+        out.backward(torch.ones_like(out))
         forward.append(middle - started)
         backward.append(time.perf_counter() - middle)
     return forward, backward
@@ -51,25 +65,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch's threads (default 1, as a split part)")
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 128, 192, 256, 384], help="sample lengths")
+    parser.add_argument("--blocks", type=int, nargs="+", default=[cpu_kernels.ATTENTION_BLOCK], help="the C kernel's")
     args = parser.parse_args()
-    if args.threads < 1 or min(args.lengths) < 1:
-        parser.error("--threads and --lengths take whole numbers of at least 1")
+    if args.threads < 1 or min(args.lengths + args.blocks) < 1:
+        parser.error("--threads, --lengths and --blocks take whole numbers of at least 1")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    times = {length: ([], []) for length in args.lengths}
+    kernels = {"torch flash": flash, **{f"C, block {block}": c_kernel(block) for block in args.blocks}}
+    if args.threads != 1:  # the C kernel is single-threaded; packed_attention leaves more threads to torch
+        kernels = {"torch flash": flash}
+    times = {(name, length): ([], []) for name in kernels for length in args.lengths}
     for _ in range(ROUNDS):
-        for length in args.lengths:
-            timed_calls(length, 2)  # warm-up
-            forward, backward = timed_calls(length, max(10, 2000 // length))
-            times[length][0].extend(forward)
-            times[length][1].extend(backward)
+        for (name, length), (forward, backward) in times.items():
+            timed_calls(kernels[name], length, 2)  # warm-up
+            f, b = timed_calls(kernels[name], length, max(10, 2000 // length))
+            forward.extend(f)
+            backward.extend(b)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); median of each call, {ROUNDS} rounds\n")
-    print("| sample length | forward (ms) | forward GFLOP/s | backward (ms) | backward GFLOP/s | both GFLOP/s |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
-    for length, (forward, backward) in times.items():
+    print("| kernel | sample length | forward (ms) | forward GFLOP/s | backward (ms) | backward GFLOP/s | both GFLOP/s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for (name, length), (forward, backward) in times.items():
         flops, f, b = attention_flops(length), statistics.median(forward), statistics.median(backward)
         print(
-            f"| {length} | {f * 1e3:.2f} | {flops / 3 / f / 1e9:.1f} | {b * 1e3:.2f} | {2 * flops / 3 / b / 1e9:.1f} | "
+            f"| {name} | {length} | {f * 1e3:.2f} | {flops / 3 / f / 1e9:.1f} | {b * 1e3:.2f} | {2 * flops / 3 / b / 1e9:.1f} | "
             f"{flops / (f + b) / 1e9:.1f} |"
         )
 

@@ -50,7 +50,7 @@ def report(events, wall: float) -> None:
 
     products = seconds(lambda key: key in MATRIX_PRODUCTS)
     flops = sum(product_flops(e) for e in events if e.key in MATRIX_PRODUCTS)
-    attention = seconds(lambda key: "scaled_dot_product" in key)
+    attention = seconds(lambda key: "scaled_dot_product" in key or key.startswith("PackedAttention"))  # torch's; ours in C
     masks = seconds(lambda key: "bernoulli" in key)
     total = seconds(lambda key: True)
     print(f"profiled step {PROFILED_STEP}: {wall:.2f} s wall, {total:.2f} s in ops")

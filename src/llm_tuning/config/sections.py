@@ -155,6 +155,15 @@ class TrainConfig:
         "CPU; the run summary's `speed_choices` says which and why; docs/speed.md).",
         choices=("auto", "torch", "onednn", "openblas"),
     )
+    cpu_kernels: str = option(
+        "auto",
+        "On a CPU in fp32, compute the Llama-family RMSNorms and, with lean activations, the gated MLP's silu(gate) * up "
+        "and LoRA dropout's mask, each in one pass of C instead of a chain of torch's ops, and packed rows' attention "
+        "with one thread in C and numpy's OpenBLAS instead of torch's flash kernel per sample; built for this CPU at the "
+        "first run and cached: `fused`, `torch` (torch's ops), or `auto`: fused where a C compiler is found. Results "
+        "equal torch's to fp32 rounding (docs/speed.md).",
+        choices=("auto", "fused", "torch"),
+    )
     split_step: bool = option(
         True,
         "On a CPU, share each micro-batch's rows out between this process and a forked copy of it per further core, each "

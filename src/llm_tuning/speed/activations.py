@@ -77,26 +77,30 @@ def kept_by_dropout(x: torch.Tensor, p: float, fast: bool) -> torch.Tensor:
 
 class DropoutLinear(torch.autograd.Function):
     """linear(dropout(x, p), weight), keeping x and a 1-byte mask for backward. The mask is applied as torch's
-    dropout applies it (as a float, divided by 1 - p)."""
+    dropout applies it (as a float, divided by 1 - p), or by `apply_mask`, which computes the same."""
 
     @staticmethod
-    def forward(ctx, x, weight, p: float, fast_masks: bool = False):
+    def forward(ctx, x, weight, p: float, fast_masks: bool = False, apply_mask=None):
         kept = kept_by_dropout(x, p, fast_masks)
         ctx.save_for_backward(x, kept, weight)
-        ctx.p = p
-        return F.linear(x * kept.to(x.dtype).div_(1 - p), weight)
+        ctx.p, ctx.apply_mask = p, apply_mask
+        return F.linear(apply_mask(x, kept, p) if apply_mask else x * kept.to(x.dtype).div_(1 - p), weight)
 
     @staticmethod
     def backward(ctx, grad):
         x, kept, weight = ctx.saved_tensors
-        noise = kept.to(x.dtype).div_(1 - ctx.p)  # the forward's values exactly: 0 or 1 / (1 - p)
+        if ctx.apply_mask:
+            apply = partial(ctx.apply_mask, kept=kept, p=ctx.p)
+        else:
+            noise = kept.to(x.dtype).div_(1 - ctx.p)  # the forward's values exactly: 0 or 1 / (1 - p)
+            apply = noise.mul
         # under autocast the forward ran in half precision: the casts meet grad's dtype (no-ops in plain fp32)
-        grad_x = (grad @ weight.to(grad.dtype)).to(x.dtype) * noise if ctx.needs_input_grad[0] else None
+        grad_x = apply((grad @ weight.to(grad.dtype)).to(x.dtype)) if ctx.needs_input_grad[0] else None
         grad_weight = None
         if ctx.needs_input_grad[1]:
-            dropped = (x * noise).reshape(-1, x.shape[-1]).to(grad.dtype)
+            dropped = apply(x).reshape(-1, x.shape[-1]).to(grad.dtype)
             grad_weight = grad.reshape(-1, grad.shape[-1]).t().mm(dropped).to(weight.dtype)
-        return grad_x, grad_weight, None, None
+        return grad_x, grad_weight, None, None, None
 
 
 def gated_mlp_forward(mlp, activation: str, x, kernels=None):
@@ -117,9 +121,10 @@ def is_fused_gated_mlp(module) -> bool:
     return getattr(module, "fused_gated_layers", None) is not None and getattr(module, "gated_activation", None) in ACTIVATIONS
 
 
-def lora_a_forward(lora_a: nn.Linear, p: float, fast_masks: bool, x):
+def lora_a_forward(lora_a: nn.Linear, p: float, fast_masks: bool, x, apply_mask=None):
+    """`apply_mask(x, kept, p)`, when given, computes x * kept.to(x.dtype).div_(1 - p) (speed/cpu_kernels.py)."""
     if lora_a.training:
-        return DropoutLinear.apply(x, lora_a.weight, p, fast_masks)
+        return DropoutLinear.apply(x, lora_a.weight, p, fast_masks, apply_mask)
     return F.linear(x, lora_a.weight)
 
 

@@ -20,6 +20,10 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     kernel computing every pair in the row; per sample, it computes only each sample's own triangle."""
     if packed_segments is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    kernel = getattr(module, "packed_attention_kernel", None)  # the same in C, where train.cpu_kernels put it
+    attended = kernel(query, key, value, packed_segments, scaling) if kernel and dropout == 0.0 else None
+    if attended is not None:
+        return attended, None
     gqa = query.shape[1] != key.shape[1]
     rows = []
     # 4-d slices (1 x heads x sample x dim): with 3-d ones torch falls back from its CPU flash kernel to the math one

@@ -46,6 +46,7 @@ from ..rundir import (
 from ..speed.activations import keep_fewer_activations
 from ..speed.allocator import active_allocator, recorded_allocator
 from ..speed.compile import compile_elementwise
+from ..speed.cpu_kernels import cpu_kernels_choice, use_cpu_kernels, use_torch_ops
 from ..speed.cpu_matmul import PARTS, multiply_as, recorded_matmul, use_torch_matmul
 from ..speed.split_step import choose_split
 from ..weights import save_trained
@@ -94,6 +95,11 @@ def train_in_group(config: Config, here: World) -> dict:
         check_fits(config, predicted, sharing=1 if _device() == "cuda" else int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     model, epsilon = prepare_model(config, method, resolved_path, tokenizer, adjustments)
     lean = keep_fewer_activations(model, config.train.dropout_masks) if config.train.lean_activations else []
+    fp32 = config.model.dtype == "float32" and config.train.precision == "fp32" and config.model.quantization == "none"
+    kernels = cpu_kernels_choice(
+        config.train.cpu_kernels, _device() == "cpu", fp32, config.train.compile, record.get("cpu_kernels")
+    )
+    kernels["routed"] = use_cpu_kernels(model) if kernels["chosen"] == "fused" else []
     trainable, total = count_parameters(model)
     if trainable == 0:
         raise UserError(f"method {config.method.name} leaves nothing to train on this model")
@@ -115,7 +121,7 @@ def train_in_group(config: Config, here: World) -> dict:
     with main_writes() as writer:
         if writer:
             choices = {"data_sha256": fingerprint, "cpu_matmul": {p: matmul[p] for p in PARTS}, "split_parts": split["parts"]}
-            open_run_folder(config, output_dir, resume_from, record, choices, here.size)
+            open_run_folder(config, output_dir, resume_from, record, {**choices, "cpu_kernels": kernels["chosen"]}, here.size)
     guard = DivergenceGuard(model)
     trainer.add_callback(guard)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -128,6 +134,7 @@ def train_in_group(config: Config, here: World) -> dict:
             if bar:
                 bar.close()
     use_torch_matmul(model)  # validation and the caller's model compute as the saved weights will after reloading
+    use_torch_ops(model)
     status = "diverged" if guard.problem else "interrupted" if interrupted else "completed"
     validation = validation_figures(trainer, len(val_samples)) if val_samples and status == "completed" else None
     state = gathered_state(trainer)  # in every process: under FSDP or ZeRO each holds a shard
@@ -157,6 +164,7 @@ def train_in_group(config: Config, here: World) -> dict:
             "cpu_matmul": {k: v for k, v in matmul.items() if k != "seconds"},
             "allocator": active_allocator(),
             "compiled": compiled,
+            "cpu_kernels": kernels,
             "split_step": split,
         },
         "estimated_peak_memory_bytes": predicted["total_bytes"],
