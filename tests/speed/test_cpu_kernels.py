@@ -178,6 +178,19 @@ def test_without_a_compiler_auto_uses_torch_and_fused_refuses(monkeypatch):
     assert cpu_kernels_choice("auto", on_cpu=True, fp32=True, compiled=False)["chosen"] == "fused"
 
 
+def test_a_compiler_that_fails_leaves_auto_on_torchs_ops(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLM_TUNING_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # found on PATH, fails every build
+    kernels.cache_clear()
+    try:
+        chosen = cpu_kernels_choice("auto", on_cpu=True, fp32=True, compiled=False)
+        assert chosen["chosen"] == "torch" and "building cpu_kernels.c with" in chosen["why"]
+        with pytest.raises(UserError, match="building cpu_kernels.c with .*false failed"):
+            cpu_kernels_choice("fused", on_cpu=True, fp32=True, compiled=False)
+    finally:
+        kernels.cache_clear()
+
+
 def test_the_run_summary_says_what_was_fused_and_a_resume_keeps_it(tiny_llama, tmp_path, monkeypatch):
     data = tmp_path / "data.jsonl"
     data.write_text('{"instruction": "say hi", "output": "hi there"}\n' * 8, encoding="utf-8")

@@ -1,10 +1,12 @@
 """Building the C kernels: once per CPU, then loaded from the cache; a failing compiler is a one-line error that
 leaves nothing behind."""
 
+import platform
+
 import pytest
 
 from llm_tuning.errors import UserError
-from llm_tuning.speed.cpu_kernels_build import blas_sgemm, kernels
+from llm_tuning.speed.cpu_kernels_build import blas_sgemm, compile_flags, kernels, library_path
 
 
 @pytest.fixture
@@ -35,3 +37,13 @@ def test_a_failing_compiler_is_one_line_and_leaves_nothing(fresh_build, monkeypa
 
 def test_numpys_openblas_is_found_for_packed_attention():
     assert blas_sgemm()  # numpy's wheels bring OpenBLAS with 64-bit integers; the attention kernel multiplies with it
+
+
+def test_an_instruction_set_limit_builds_a_library_of_its_own(monkeypatch):
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    native = compile_flags()
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # as under the AVX2 limits of docs/speed.md
+    limited = compile_flags()
+    if platform.machine() == "x86_64":
+        assert limited == [*native, "-mno-avx512f"]
+    assert library_path("cc", limited) != library_path("cc", native) or limited == native

@@ -143,11 +143,13 @@ class PackedAttention(torch.autograd.Function):
 def packed_attention(query, key, value, segments: list[list[int]], scale: float | None):
     """PackedAttention on transformers' query, key and value and each row's sample lengths; None where it does not
     apply (torch computes with more than one thread, which its flash kernel uses; not fp32; lengths that do not fill
-    the rows), and packed_sdpa computes as before."""
+    the rows; heads of different sizes), and packed_sdpa computes as before."""
     tokens = query.shape[2]
     if torch.get_num_threads() != 1 or not all(t.dtype == torch.float32 and t.device.type == "cpu" for t in (query, key, value)):
         return None
     if any(sum(lengths) != tokens for lengths in segments) or query.shape[1] % key.shape[1]:
+        return None
+    if not query.shape[-1] == key.shape[-1] == value.shape[-1]:
         return None
     samples = [(row, sum(lengths[:i]), length) for row, lengths in enumerate(segments) for i, length in enumerate(lengths)]
     flat = torch.tensor(samples, dtype=torch.int64).flatten()
@@ -160,8 +162,8 @@ def is_attention(module) -> bool:
 
 
 def use_cpu_kernels(model) -> list[str]:
-    """Route `model`'s Llama-form RMSNorms, lean SiLU gated products and lean LoRA dropouts through the kernels, in
-    place; says what was routed. Builds the kernels first, so a failure stops the run before any rewrite."""
+    """Route `model`'s Llama-form RMSNorms, lean SiLU gated products, lean LoRA dropouts and attentions (when packed)
+    through the kernels, in place; says what was routed. Builds the kernels first, so a failure rewrites nothing."""
     kernels()
     norms = [m for m in model.modules() if is_llama_rms_norm(m)]
     for norm in norms:
@@ -217,7 +219,13 @@ def cpu_kernels_choice(choice: str, on_cpu: bool, fp32: bool, compiled: bool, re
     ]
     reason = next((why for applies, why in reasons if applies), None)
     if reason is None:
-        return {"chosen": "fused", "why": source}
+        try:
+            kernels()  # built now, so that a compiler that fails stops nothing half-way
+            return {"chosen": "fused", "why": source}
+        except UserError as error:
+            if choice == "fused":
+                raise
+            reason = f"the kernels could not be built ({error})"
     if recorded:
         raise UserError(
             f"this run started with the fused CPU kernels ({RUN_RECORD_FILE}) and resumes only with them, but {reason}"
