@@ -3,6 +3,8 @@ attention to fp32 rounding, infinities and NaN included), in a whole model's los
 cannot take go to torch; without a compiler `auto` uses torch's ops and says why, and a resumed run computes as it
 started."""
 
+import json
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -209,3 +211,24 @@ def test_the_run_summary_says_what_was_fused_and_a_resume_keeps_it(tiny_llama, t
             train({**config, "train": {**config["train"], "max_steps": 3, "resume": True}})
     finally:
         kernels.cache_clear()
+
+
+def test_a_run_recorded_before_the_kernels_resumes_on_torchs_ops(tiny_llama, tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"instruction": "say hi", "output": "hi there"}\n' * 8, encoding="utf-8")
+    config = {
+        "model": {"path": str(tiny_llama)},
+        "method": {"name": "lora", "r": 4},
+        "data": {"path": str(data)},
+        "train": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "batch_size": 2, "save_steps": 1},
+    }
+    train(config)
+    record_file = tmp_path / "run" / "run_record.json"
+    record = json.loads(record_file.read_text())
+    record_file.write_text(json.dumps({k: v for k, v in record.items() if k != "cpu_kernels"}))
+    resumed = train({**config, "train": {**config["train"], "max_steps": 3, "resume": True}})
+    assert resumed["speed_choices"]["cpu_kernels"] == {
+        "chosen": "torch",
+        "why": "as when the run started (run_record.json)",
+        "routed": [],
+    }

@@ -96,9 +96,8 @@ def train_in_group(config: Config, here: World) -> dict:
     model, epsilon = prepare_model(config, method, resolved_path, tokenizer, adjustments)
     lean = keep_fewer_activations(model, config.train.dropout_masks) if config.train.lean_activations else []
     fp32 = config.model.dtype == "float32" and config.train.precision == "fp32" and config.model.quantization == "none"
-    kernels = cpu_kernels_choice(
-        config.train.cpu_kernels, _device() == "cpu", fp32, config.train.compile, record.get("cpu_kernels")
-    )
+    started_with = record.get("cpu_kernels", "torch" if record else None)  # runs recorded before the kernels: torch's ops
+    kernels = cpu_kernels_choice(config.train.cpu_kernels, _device() == "cpu", fp32, config.train.compile, started_with)
     kernels["routed"] = use_cpu_kernels(model) if kernels["chosen"] == "fused" else []
     trainable, total = count_parameters(model)
     if trainable == 0:
