@@ -1,6 +1,7 @@
-/* The elementwise work of a decoder layer's training pass, one pass over the tensors per kernel (speed/cpu_kernels.py
- * builds this for the CPU it runs on and says what each kernel replaces). fp32, contiguous, single-threaded: in the
- * split step each process computes with one thread. Plain C loops that the compiler vectorises for this CPU. */
+/* The work of a decoder layer's training pass between its matrix products, one pass over the tensors per kernel, and
+ * packed attention (speed/cpu_kernels.py says what each kernel replaces; cpu_kernels_build.py builds this for the CPU
+ * it runs on). fp32, contiguous, single-threaded: in the split step each process computes with one thread. Plain C
+ * loops that the compiler vectorises for this CPU. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -9,8 +10,8 @@
 /* e^x: x = n ln2 + r with |r| <= ln2 / 2, e^r by Cephes' polynomial, times 2^n built in the exponent bits (as
  * 2^(n-1) * 2, so that e^x just below the float's largest still comes out finite, and above it infinite). Written
  * without library calls so that the loops around it vectorise. x is clamped to where 2^(n-1) stays a normal float:
- * below e^-86 the result stays e^-86, which every caller adds to 1. A NaN gives garbage, but every caller also
- * multiplies by x itself, so still returns NaN. */
+ * below e^-86 the result stays e^-86, which every caller adds to 1 or to a sum holding a 1. A NaN passes the clamps
+ * and comes out NaN through r. */
 static inline float exp_f32(float x) {
     x = x < -86.0f ? -86.0f : x;
     x = x > 89.0f ? 89.0f : x;
@@ -25,7 +26,7 @@ static inline float exp_f32(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 126) << 23;
+    uint32_t bits = (uint32_t)((int32_t)n + 126) << 23;
     float half_scale;
     memcpy(&half_scale, &bits, sizeof half_scale);
     return p * half_scale * 2.0f;
@@ -108,8 +109,9 @@ void dropout_apply(const float *restrict x, const uint8_t *restrict kept, float 
 /* Causal attention within each sample of packed rows, forward and backward, for one thread: per sample, per key/value
  * head and per block of query rows, the products go to BLAS (numpy's OpenBLAS, 64-bit ints, handed over by
  * set_sgemm) and the softmax between them runs here, on the block's keys up to its last row only. q is
- * (rows, tokens, heads, dim) in memory, k and v (rows, tokens, kv_heads, dim); each head's tokens are `*_stride`
- * floats apart. `samples` holds (row, start, length) triples. */
+ * (rows, tokens, heads, dim) in memory, k and v (rows, tokens, kv_heads, dim), so one head's tokens are heads * dim
+ * (kv_heads * dim) floats apart; query head h reads key/value head h / (heads / kv_heads). `samples` holds
+ * (row, start, length) triples. */
 typedef void (*sgemm_fn)(int order, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                          const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
 enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
