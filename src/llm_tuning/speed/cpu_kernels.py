@@ -21,13 +21,13 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-from threadpoolctl import threadpool_limits
 
 from ..errors import UserError
 from ..resume import RUN_RECORD_FILE
 from .activations import fused_gated_mlp_forward, gated_mlp_forward, lora_a_forward
 from .compile import is_llama_rms_norm
 from .cpu_kernels_build import blas_sgemm, c_compiler, kernels
+from .cpu_matmul import openblas_threads_as_torchs
 
 SILU = ("SiLU", "SiLUActivation")  # activations.ACTIVATIONS' names for the one activation the kernels compute
 # query rows per block of packed attention: of 32, 64 and 96, the fastest or as fast from 128 to 384 tokens on the
@@ -183,8 +183,8 @@ def use_cpu_kernels(model) -> list[str]:
     attentions = [m for m in model.modules() if is_attention(m)] if blas_sgemm() else []
     for attention in attentions:
         attention.packed_attention_kernel = packed_attention  # packed_sdpa looks for it
-    if attentions:  # OpenBLAS computes with as many threads as torch (its own default, one per core, would fight torch's)
-        threadpool_limits(limits=torch.get_num_threads(), user_api="blas")
+    if attentions:
+        openblas_threads_as_torchs()
     counts = [(len(norms), "RMSNorms"), (products, "gated products"), (dropouts, "LoRA dropouts")]
     counts.append((len(attentions), "packed attentions"))
     return [f"{count} {what}" for count, what in counts if count]

@@ -20,7 +20,7 @@ from pathlib import Path
 from threadpoolctl import threadpool_info
 
 from ..errors import UserError
-from ..files import cache_dir, move_into_place
+from ..files import PARTIAL_SUFFIX, cache_dir, move_into_place
 from .calibration import cpu_model
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
@@ -62,7 +62,7 @@ def library_path(compiler: str, flags: list[str]) -> Path:
 def build(compiler: str, flags: list[str], target: Path) -> None:
     """Compile the kernels into `target`, written whole (a run that dies midway leaves no half library)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial_file = target.with_name(f"{target.name}.{os.getpid()}.partial")
+    partial_file = target.with_name(f"{target.name}.{os.getpid()}{PARTIAL_SUFFIX}")  # as files.write_file_whole names it
     try:
         result = subprocess.run([compiler, *flags, str(SOURCE), "-o", str(partial_file)], capture_output=True, text=True)
         if result.returncode != 0:

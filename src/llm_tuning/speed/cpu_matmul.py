@@ -85,6 +85,12 @@ def numpy_uses_openblas() -> bool:
     return any(library["internal_api"] == "openblas" for library in threadpool_info() if library["user_api"] == "blas")
 
 
+def openblas_threads_as_torchs() -> None:
+    """OpenBLAS computes with as many threads as torch from now on: its own default, one per core, would fight
+    torch's threads for the cores."""
+    threadpool_limits(limits=torch.get_num_threads(), user_api="blas")
+
+
 @contextmanager
 def threads(count: int):
     """torch, and OpenBLAS beside it, compute with `count` threads inside."""
@@ -136,7 +142,7 @@ def multiply_as(model, choice: dict[str, str]) -> int:
     with as many threads as torch from then on (its own default, one per core, would fight torch's)."""
     use_torch_matmul(model)
     if "openblas" in choice.values():
-        threadpool_limits(limits=torch.get_num_threads(), user_api="blas")
+        openblas_threads_as_torchs()
     switched = 0
     for part, linears in frozen_linears(model).items():
         library = choice[part]
