@@ -1,5 +1,7 @@
 """Every example config is valid and trains for a few steps (on a tiny model standing in for the real one)."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,16 @@ def test_deepspeed_examples_are_zero_2_or_3(path):
     assert sharding.kind == "zero" and sharding.states_sharded
     assert sharding.weights_sharded == ("zero3" in path.name)
     assert sharding.optimizer_offloaded == ("offload" in path.name)
+
+
+def test_the_demo_loads_torch_only_after_its_allocator_restart_and_quieting():
+    """Before its `main`, examples/demo.py may not load torch or bitsandbytes: the restart on tcmalloc would load torch
+    a second time, and bitsandbytes warns on import (on CPUs with AVX512-BF16) before quiet_libraries hides it."""
+    probe = (
+        "import runpy, sys; runpy.run_path(sys.argv[1]); "
+        "print(sorted(name for name in ('torch', 'transformers', 'bitsandbytes') if name in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, str(ROOT / "examples" / "demo.py")], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]" and result.stderr == ""
