@@ -5,15 +5,7 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from llm_tuning.cli import quiet_libraries
-from llm_tuning.data.templates import get_template
-from llm_tuning.export import verify
-from llm_tuning.export.gguf import export_gguf
-from llm_tuning.generation import read_prompts
-from llm_tuning.merging import merge
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "runs" / "demo"
@@ -24,6 +16,16 @@ NEW_TOKENS = 48
 
 def main() -> int:
     quiet_libraries()
+    # after quiet_libraries: bitsandbytes, loaded with these, warns on import on CPUs with AVX512-BF16
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llm_tuning.data.templates import get_template
+    from llm_tuning.export import verify
+    from llm_tuning.export.gguf import export_gguf
+    from llm_tuning.generation import read_prompts
+    from llm_tuning.merging import merge
+
     if not (RUN / "config.yaml").is_file():
         print(f"no demo run in {RUN}: run `make demo` first", file=sys.stderr)
         return 2

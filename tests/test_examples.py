@@ -1,4 +1,5 @@
-"""Every example config is valid and trains for a few steps (on a tiny model standing in for the real one)."""
+"""Every example config is valid and trains for a few steps (on a tiny model standing in for the real one); the demo
+scripts load the libraries only once they have quieted them."""
 
 import subprocess
 import sys
@@ -50,14 +51,16 @@ def test_deepspeed_examples_are_zero_2_or_3(path):
     assert sharding.optimizer_offloaded == ("offload" in path.name)
 
 
-def test_the_demo_loads_torch_only_after_its_allocator_restart_and_quieting():
-    """Before its `main`, examples/demo.py may not load torch or bitsandbytes: the restart on tcmalloc would load torch
-    a second time, and bitsandbytes warns on import (on CPUs with AVX512-BF16) before quiet_libraries hides it."""
+@pytest.mark.parametrize("script", ["demo.py", "demo_gguf.py"])
+def test_a_demo_loads_the_libraries_only_inside_main(script):
+    """Before its `main`, a demo script may not load torch, transformers or bitsandbytes: bitsandbytes warns on import
+    (on CPUs with AVX512-BF16) before quiet_libraries can hide it, and demo.py's restart on tcmalloc would load torch
+    a second time."""
     probe = (
         "import runpy, sys; runpy.run_path(sys.argv[1]); "
         "print(sorted(name for name in ('torch', 'transformers', 'bitsandbytes') if name in sys.modules))"
     )
     result = subprocess.run(
-        [sys.executable, "-c", probe, str(ROOT / "examples" / "demo.py")], capture_output=True, text=True, check=True
+        [sys.executable, "-c", probe, str(ROOT / "examples" / script)], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]" and result.stderr == ""
