@@ -18,6 +18,7 @@ from llm_tuning.speed.activations import DropoutLinear, GatedProduct, keep_fewer
 from llm_tuning.speed.cpu_kernels import (
     SILU_PRODUCT,
     PackedAttention,
+    RankInputLinear,
     cpu_kernels_choice,
     dropout_apply,
     packed_attention,
@@ -91,6 +92,19 @@ def flash_per_sample(query, key, value, lengths):
     return torch.cat(attended, 2).transpose(1, 2)
 
 
+def test_lora_bs_backward_equals_torchs_with_torchs_own_forward():
+    torch.manual_seed(0)
+    x, weight, grad = torch.randn(3, 50, 8), torch.randn(37, 8), torch.randn(3, 50, 37)
+    leaves = [(x.clone().requires_grad_(), weight.clone().requires_grad_()) for _ in range(2)]
+    out_torch, out_ours = F.linear(*leaves[0]), RankInputLinear.apply(*leaves[1])
+    assert torch.equal(out_ours, out_torch)
+    out_torch.backward(grad)
+    out_ours.backward(grad)
+    for ours, theirs in zip(leaves[1], leaves[0]):
+        assert ours.grad.shape == theirs.grad.shape
+        torch.testing.assert_close(ours.grad, theirs.grad, **ROUNDING)
+
+
 def test_packed_attention_equals_torchs_flash_kernel_per_sample(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # as in a part of a split step
     torch.manual_seed(0)
@@ -145,6 +159,7 @@ def test_a_model_trains_as_with_torch_ops(tiny_llama, monkeypatch):
         f"{2 * layers + 1} RMSNorms",
         f"{layers} gated products",
         f"{7 * layers} LoRA dropouts",
+        f"{7 * layers} LoRA B layers",
         f"{layers} packed attentions",
     ]
     attended = []

@@ -110,8 +110,10 @@ void dropout_apply(const float *restrict x, const uint8_t *restrict kept, float 
  * head and per block of query rows, the products go to BLAS (numpy's OpenBLAS, 64-bit ints, handed over by
  * set_sgemm) and the softmax between them runs here, on the block's keys up to its last row only. q is
  * (rows, tokens, heads, dim) in memory, k and v (rows, tokens, kv_heads, dim), so one head's tokens are heads * dim
- * (kv_heads * dim) floats apart; query head h reads key/value head h / (heads / kv_heads). `samples` holds
- * (row, start, length) triples. */
+ * (kv_heads * dim) floats apart; query heads g * group .. g * group + group - 1 read key/value head g, and sit side by
+ * side in memory. A block stacks them: its query rows of those heads, gathered token by token (row r of the stack is
+ * token r / group, head r % group of the group), make one product against the key/value head, `group` times taller
+ * than one head's, which BLAS multiplies faster. `samples` holds (row, start, length) triples. */
 typedef void (*sgemm_fn)(int order, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                          const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
 enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
@@ -151,19 +153,27 @@ static float sum(const float *restrict a, ptrdiff_t n) {
     return total;
 }
 
-/* The scores of a block of query rows, `first` .. `first + block_rows - 1` of a sample, against keys 0 .. the block's
- * last row (`width` of them): S = Q K^T into `scores` */
-static void block_scores(const float *q, int64_t ldq, const float *k, int64_t ldk, int64_t dim, int64_t first,
-                         int64_t block_rows, int64_t width, float *scores) {
-    sgemm(ROW_MAJOR, NO_TRANS, TRANS, block_rows, width, dim, 1.0f, q + first * ldq, ldq, k, ldk, 0.0f, scores, width);
+/* A block's stack of query rows: tokens first .. first + tokens - 1 of a group's heads (span = group * dim floats side by
+ * side per token, ld apart) copied into `stack`, and a stack copied back into that layout */
+static void stack_rows(float *restrict stack, const float *restrict heads, int64_t ld, int64_t first, int64_t tokens,
+                       int64_t span) {
+    for (int64_t t = 0; t < tokens; t++)
+        memcpy(stack + t * span, heads + (first + t) * ld, sizeof(float) * span);
 }
 
-/* P = softmax(scale * S) over keys 0 .. first + i of each block row i, in place, zero beyond; the row's log-sum-exp
- * of scale * S in `lse` for the backward pass */
-static void causal_softmax(float *scores, int64_t block_rows, int64_t first, int64_t width, float scale, float *lse) {
-    for (int64_t i = 0; i < block_rows; i++) {
+static void unstack_rows(const float *restrict stack, float *restrict heads, int64_t ld, int64_t first, int64_t tokens,
+                         int64_t span) {
+    for (int64_t t = 0; t < tokens; t++)
+        memcpy(heads + (first + t) * ld, stack + t * span, sizeof(float) * span);
+}
+
+/* P = softmax(scale * S) over keys 0 .. first + t of each stacked row (token t of the block), in place, zero beyond;
+ * the row's log-sum-exp of scale * S in lse[head * tokens + first + t] for the backward pass */
+static void causal_softmax(float *scores, int64_t stacked, int64_t group, int64_t first, int64_t width, float scale,
+                           float *lse, int64_t tokens) {
+    for (int64_t i = 0; i < stacked; i++) {
         float *row = scores + i * width;
-        int64_t keys = first + i + 1;
+        int64_t t = i / group, keys = first + t + 1;
         float top = largest(row, keys);
         for (int64_t j = 0; j < keys; j++)
             row[j] = exp_f32((row[j] - top) * scale);
@@ -173,18 +183,19 @@ static void causal_softmax(float *scores, int64_t block_rows, int64_t first, int
             row[j] *= inverse;
         for (int64_t j = keys; j < width; j++)
             row[j] = 0.0f;
-        lse[i] = top * scale + __builtin_logf(total);
+        lse[(i % group) * tokens + first + t] = top * scale + __builtin_logf(total);
     }
 }
 
 /* P recomputed from S and the saved log-sum-exp, zero beyond each row's own position */
-static void causal_probabilities(float *scores, int64_t block_rows, int64_t first, int64_t width, float scale,
-                                 const float *lse) {
-    for (int64_t i = 0; i < block_rows; i++) {
+static void causal_probabilities(float *scores, int64_t stacked, int64_t group, int64_t first, int64_t width, float scale,
+                                 const float *lse, int64_t tokens) {
+    for (int64_t i = 0; i < stacked; i++) {
         float *row = scores + i * width;
-        int64_t keys = first + i + 1;
+        int64_t t = i / group, keys = first + t + 1;
+        float row_lse = lse[(i % group) * tokens + first + t];
         for (int64_t j = 0; j < keys; j++)
-            row[j] = exp_f32(row[j] * scale - lse[i]);
+            row[j] = exp_f32(row[j] * scale - row_lse);
         for (int64_t j = keys; j < width; j++)
             row[j] = 0.0f;
     }
@@ -200,24 +211,27 @@ static int64_t head_offset(const int64_t *sample, int64_t tokens, int64_t heads,
 int packed_attention_forward(const float *q, const float *k, const float *v, float *out, float *lse, const int64_t *samples,
                              int64_t count, int64_t tokens, int64_t heads, int64_t kv_heads, int64_t dim, int64_t block,
                              float scale) {
-    float *scores = malloc(sizeof(float) * block * tokens);
+    int64_t group = heads / kv_heads, ldq = heads * dim, ldk = kv_heads * dim, span = group * dim;
+    float *scores = malloc(sizeof(float) * block * group * (tokens + 2 * dim));
     if (!scores)
         return -1;
-    int64_t ldq = heads * dim, ldk = kv_heads * dim, group = heads / kv_heads;
+    float *stack = scores + block * group * tokens, *stack_out = stack + block * span;
     for (int64_t s = 0; s < count; s++) {
         const int64_t *sample = samples + 3 * s;
         int64_t length = sample[2];
-        for (int64_t h = 0; h < heads; h++) {
-            const float *qh = q + head_offset(sample, tokens, heads, h, dim);
-            const float *kh = k + head_offset(sample, tokens, kv_heads, h / group, dim);
-            const float *vh = v + head_offset(sample, tokens, kv_heads, h / group, dim);
-            float *oh = out + head_offset(sample, tokens, heads, h, dim);
-            float *lh = lse + (sample[0] * heads + h) * tokens + sample[1];
+        for (int64_t g = 0; g < kv_heads; g++) {
+            const float *kh = k + head_offset(sample, tokens, kv_heads, g, dim);
+            const float *vh = v + head_offset(sample, tokens, kv_heads, g, dim);
+            const float *qh = q + head_offset(sample, tokens, heads, g * group, dim);
+            float *oh = out + head_offset(sample, tokens, heads, g * group, dim);
+            float *lh = lse + (sample[0] * heads + g * group) * tokens + sample[1];
             for (int64_t first = 0; first < length; first += block) {
-                int64_t rows = length - first < block ? length - first : block, width = first + rows;
-                block_scores(qh, ldq, kh, ldk, dim, first, rows, width, scores);
-                causal_softmax(scores, rows, first, width, scale, lh + first);
-                sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, rows, dim, width, 1.0f, scores, width, vh, ldk, 0.0f, oh + first * ldq, ldq);
+                int64_t rows = length - first < block ? length - first : block, width = first + rows, stacked = rows * group;
+                stack_rows(stack, qh, ldq, first, rows, span);
+                sgemm(ROW_MAJOR, NO_TRANS, TRANS, stacked, width, dim, 1.0f, stack, dim, kh, ldk, 0.0f, scores, width);
+                causal_softmax(scores, stacked, group, first, width, scale, lh, tokens);
+                sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, stacked, dim, width, 1.0f, scores, width, vh, ldk, 0.0f, stack_out, dim);
+                unstack_rows(stack_out, oh, ldq, first, rows, span);
             }
         }
     }
@@ -231,42 +245,48 @@ int packed_attention_forward(const float *q, const float *k, const float *v, flo
 int packed_attention_backward(const float *q, const float *k, const float *v, const float *out, const float *lse,
                               const float *dout, float *dq, float *dk, float *dv, const int64_t *samples, int64_t count,
                               int64_t tokens, int64_t heads, int64_t kv_heads, int64_t dim, int64_t block, float scale) {
-    float *probabilities = malloc(sizeof(float) * (2 * block * tokens + tokens));
+    int64_t group = heads / kv_heads, ldq = heads * dim, ldk = kv_heads * dim, span = group * dim;
+    float *probabilities = malloc(sizeof(float) * group * (2 * block * tokens + tokens + 3 * block * dim));
     if (!probabilities)
         return -1;
-    float *grad_scores = probabilities + block * tokens, *delta = grad_scores + block * tokens;
-    int64_t ldq = heads * dim, ldk = kv_heads * dim, group = heads / kv_heads;
+    float *grad_scores = probabilities + block * group * tokens, *delta = grad_scores + block * group * tokens;
+    float *stack = delta + group * tokens, *stack_dout = stack + block * span, *stack_dq = stack_dout + block * span;
     for (int64_t s = 0; s < count; s++) {
         const int64_t *sample = samples + 3 * s;
         int64_t length = sample[2];
-        for (int64_t h = 0; h < heads; h++) {
-            int64_t at_q = head_offset(sample, tokens, heads, h, dim);
-            int64_t at_k = head_offset(sample, tokens, kv_heads, h / group, dim);
+        for (int64_t g = 0; g < kv_heads; g++) {
+            int64_t at_q = head_offset(sample, tokens, heads, g * group, dim);
+            int64_t at_k = head_offset(sample, tokens, kv_heads, g, dim);
             const float *qh = q + at_q, *kh = k + at_k, *vh = v + at_k, *oh = out + at_q, *doh = dout + at_q;
-            const float *lh = lse + (sample[0] * heads + h) * tokens + sample[1];
-            for (int64_t i = 0; i < length; i++) /* rowsum(dout * out): the softmax's backward needs it per row */
-                delta[i] = sum_of_products(doh + i * ldq, oh + i * ldq, dim);
+            const float *lh = lse + (sample[0] * heads + g * group) * tokens + sample[1];
+            for (int64_t i = 0; i < length * group; i++) { /* rowsum(dout * out) per stacked row: the softmax's backward */
+                int64_t at = (i / group) * ldq + (i % group) * dim;
+                delta[i] = sum_of_products(doh + at, oh + at, dim);
+            }
             for (int64_t first = 0; first < length; first += block) {
-                int64_t rows = length - first < block ? length - first : block, width = first + rows;
-                block_scores(qh, ldq, kh, ldk, dim, first, rows, width, probabilities);
-                causal_probabilities(probabilities, rows, first, width, scale, lh + first);
+                int64_t rows = length - first < block ? length - first : block, width = first + rows, stacked = rows * group;
+                stack_rows(stack, qh, ldq, first, rows, span);
+                stack_rows(stack_dout, doh, ldq, first, rows, span);
+                sgemm(ROW_MAJOR, NO_TRANS, TRANS, stacked, width, dim, 1.0f, stack, dim, kh, ldk, 0.0f, probabilities, width);
+                causal_probabilities(probabilities, stacked, group, first, width, scale, lh, tokens);
                 /* dv += P^T dout; dP = dout V^T */
-                sgemm(ROW_MAJOR, TRANS, NO_TRANS, width, dim, rows, 1.0f, probabilities, width, doh + first * ldq, ldq, 1.0f,
+                sgemm(ROW_MAJOR, TRANS, NO_TRANS, width, dim, stacked, 1.0f, probabilities, width, stack_dout, dim, 1.0f,
                       dv + at_k, ldk);
-                sgemm(ROW_MAJOR, NO_TRANS, TRANS, rows, width, dim, 1.0f, doh + first * ldq, ldq, vh, ldk, 0.0f, grad_scores,
+                sgemm(ROW_MAJOR, NO_TRANS, TRANS, stacked, width, dim, 1.0f, stack_dout, dim, vh, ldk, 0.0f, grad_scores,
                       width);
-                for (int64_t i = 0; i < rows; i++) { /* dS = P * (dP - delta) * scale */
-                    float *g = grad_scores + i * width;
+                for (int64_t i = 0; i < stacked; i++) { /* dS = P * (dP - delta) * scale */
+                    float *gs = grad_scores + i * width;
                     const float *p = probabilities + i * width;
-                    float d = delta[first + i];
+                    float d = delta[first * group + i];
                     for (int64_t j = 0; j < width; j++)
-                        g[j] = p[j] * (g[j] - d) * scale;
+                        gs[j] = p[j] * (gs[j] - d) * scale;
                 }
                 /* dq = dS K; dk += dS^T Q */
-                sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, rows, dim, width, 1.0f, grad_scores, width, kh, ldk, 0.0f,
-                      dq + at_q + first * ldq, ldq);
-                sgemm(ROW_MAJOR, TRANS, NO_TRANS, width, dim, rows, 1.0f, grad_scores, width, qh + first * ldq, ldq, 1.0f,
-                      dk + at_k, ldk);
+                sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, stacked, dim, width, 1.0f, grad_scores, width, kh, ldk, 0.0f, stack_dq,
+                      dim);
+                unstack_rows(stack_dq, dq + at_q, ldq, first, rows, span);
+                sgemm(ROW_MAJOR, TRANS, NO_TRANS, width, dim, stacked, 1.0f, grad_scores, width, stack, dim, 1.0f, dk + at_k,
+                      ldk);
             }
         }
     }

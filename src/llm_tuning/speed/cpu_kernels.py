@@ -10,10 +10,12 @@ What they replace, on a CPU in fp32:
   bit for bit as torch applies it;
 - packed rows' causal attention within each sample (packed_attention.packed_sdpa), where torch computes with one
   thread, as each part of a split step does: all samples in one call, the products through numpy's OpenBLAS and
-  the softmax between them in C, instead of torch's flash kernel and a cat, one sample at a time.
-All but the dropout equal torch's results to fp32 rounding (sums run in another order, exp is computed in C);
-tests/speed/test_cpu_kernels.py holds them to it. Other dtypes, devices or layouts go to torch's ops. Without a C
-compiler `auto` uses torch's ops and says so in the run summary's `speed_choices`; `fused` refuses to start.
+  the softmax between them in C, instead of torch's flash kernel and a cat, one sample at a time;
+- and, with no C, LoRA's B layers, their backward's products formed transposed (RankInputLinear).
+All but the dropout and LoRA B's forward (bit for bit torch's) equal torch's results to fp32 rounding (sums run in
+another order, exp is computed in C); tests/speed/test_cpu_kernels.py holds them to it. Other dtypes, devices or
+layouts go to torch's ops. Without a C compiler `auto` uses torch's ops and says so in the run summary's
+`speed_choices`; `fused` refuses to start.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+from torch import nn
+from torch.nn import functional as F
 
 from ..errors import UserError
 from ..resume import RUN_RECORD_FILE
@@ -30,9 +34,9 @@ from .cpu_kernels_build import blas_sgemm, c_compiler, kernels
 from .cpu_matmul import openblas_threads_as_torchs
 
 SILU = ("SiLU", "SiLUActivation")  # activations.ACTIVATIONS' names for the one activation the kernels compute
-# query rows per block of packed attention: of 32, 64 and 96, the fastest or as fast from 128 to 384 tokens on the
-# Zen 3 (benchmarks/results/attention_zen3_cpu.md); longer blocks make larger products but waste more of them on
-# the masked half of each diagonal block
+# tokens per block of packed attention (each block's product stacks the query heads that share a key/value head): of
+# 32, 64 and 96, the fastest or as fast from 128 to 384 tokens (benchmarks/results/attention_*_cpu.md); longer blocks
+# make larger products but waste more of them on the masked half of each diagonal block
 ATTENTION_BLOCK = 64
 
 
@@ -43,7 +47,7 @@ def fits(*tensors: torch.Tensor) -> bool:
 
 def silu_product_forward(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     if not fits(gate, up) or gate.shape != up.shape:
-        return torch.nn.functional.silu(gate) * up
+        return F.silu(gate) * up
     out = torch.empty_like(gate)
     kernels().silu_product_forward(gate.data_ptr(), up.data_ptr(), out.data_ptr(), gate.numel())
     return out
@@ -51,7 +55,7 @@ def silu_product_forward(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 def silu_product_backward(grad: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if not fits(grad, gate, up) or not grad.shape == gate.shape == up.shape:
-        return torch.ops.aten.silu_backward(grad * up, gate), grad * torch.nn.functional.silu(gate)
+        return torch.ops.aten.silu_backward(grad * up, gate), grad * F.silu(gate)
     grad_gate, grad_up = torch.empty_like(gate), torch.empty_like(up)
     kernels().silu_product_backward(
         grad.data_ptr(), gate.data_ptr(), up.data_ptr(), grad_gate.data_ptr(), grad_up.data_ptr(), gate.numel()
@@ -156,14 +160,51 @@ def packed_attention(query, key, value, segments: list[list[int]], scale: float 
     return PackedAttention.apply(query, key, value, flat, query.shape[-1] ** -0.5 if scale is None else scale)
 
 
+class RankInputLinear(torch.autograd.Function):
+    """linear(x, weight) for LoRA's B, whose inputs have the adapter's rank r. Its backward's two products, grad @ weight
+    and grad^T @ x, have r columns, and torch's CPU BLAS (MKL) forms such tall, narrow products several times slower
+    than their transposes, (weight^T @ grad^T)^T and (x^T @ grad)^T, which are formed instead
+    (benchmarks/results/lora_products_*.md). The forward is torch's own: the loss does not change."""
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        ctx.save_for_backward(x, weight)
+        return F.linear(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        rows = grad.reshape(-1, grad.shape[-1])
+        grad_x = weight.t().mm(rows.t()).t().reshape(x.shape) if ctx.needs_input_grad[0] else None
+        grad_weight = x.reshape(-1, x.shape[-1]).t().mm(rows).t() if ctx.needs_input_grad[1] else None
+        return grad_x, grad_weight
+
+
+def lora_b_forward(lora_b: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    if not (lora_b.training and fits(x, lora_b.weight)):
+        return F.linear(x, lora_b.weight)
+    return RankInputLinear.apply(x, lora_b.weight)
+
+
+def plain_lora_bs(model) -> list[nn.Linear]:
+    """`model`'s LoRA B layers (peft's), but those of DoRA and other variants, which use them their own way."""
+    return [
+        lora_b
+        for module in model.modules()
+        for name, lora_b in getattr(module, "lora_B", {}).items()
+        if name not in getattr(module, "lora_variant", {}) and type(lora_b) is nn.Linear and lora_b.bias is None
+    ]
+
+
 def is_attention(module) -> bool:
     """A transformers attention module, which calls its model's attention function (packed_sdpa when packed)."""
     return hasattr(module, "num_key_value_groups") and hasattr(module, "head_dim")
 
 
 def use_cpu_kernels(model) -> list[str]:
-    """Route `model`'s Llama-form RMSNorms, lean SiLU gated products, lean LoRA dropouts and attentions (when packed)
-    through the kernels, in place; says what was routed. Builds the kernels first, so a failure rewrites nothing."""
+    """Route `model`'s Llama-form RMSNorms, lean SiLU gated products, lean LoRA dropouts, LoRA B layers and attentions
+    (when packed) through the kernels, in place; says what was routed. Builds the kernels first, so a failure rewrites
+    nothing."""
     kernels()
     norms = [m for m in model.modules() if is_llama_rms_norm(m)]
     for norm in norms:
@@ -180,13 +221,16 @@ def use_cpu_kernels(model) -> list[str]:
         elif isinstance(forward, partial) and forward.func is lora_a_forward:
             module.forward = partial(lora_a_forward, *forward.args, apply_mask=dropout_apply)
             dropouts += 1
+    lora_bs = plain_lora_bs(model)
+    for lora_b in lora_bs:
+        lora_b.forward = partial(lora_b_forward, lora_b)
     attentions = [m for m in model.modules() if is_attention(m)] if blas_sgemm() else []
     for attention in attentions:
         attention.packed_attention_kernel = packed_attention  # packed_sdpa looks for it
     if attentions:
         openblas_threads_as_torchs()
     counts = [(len(norms), "RMSNorms"), (products, "gated products"), (dropouts, "LoRA dropouts")]
-    counts.append((len(attentions), "packed attentions"))
+    counts += [(len(lora_bs), "LoRA B layers"), (len(attentions), "packed attentions")]
     return [f"{count} {what}" for count, what in counts if count]
 
 
@@ -194,7 +238,7 @@ def use_torch_ops(model) -> None:
     """Undo use_cpu_kernels: `model` computes with torch's ops again, as it will once saved and reloaded."""
     for module in model.modules():
         forward = module.__dict__.get("forward")
-        if isinstance(forward, partial) and forward.func is rms_norm_forward:
+        if isinstance(forward, partial) and forward.func in (rms_norm_forward, lora_b_forward):
             del module.forward
         elif isinstance(forward, partial) and (
             forward.keywords.get("kernels") is SILU_PRODUCT or "apply_mask" in forward.keywords
