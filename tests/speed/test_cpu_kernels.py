@@ -4,6 +4,7 @@ cannot take go to torch; without a compiler `auto` uses torch's ops and says why
 started."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from llm_tuning.speed.cpu_kernels import (
     PackedAttention,
     RankInputLinear,
     cpu_kernels_choice,
+    cross_entropy_gradient,
     dropout_apply,
     packed_attention,
     rms_norm_forward,
@@ -92,6 +94,23 @@ def flash_per_sample(query, key, value, lengths):
     return torch.cat(attended, 2).transpose(1, 2)
 
 
+def test_the_loss_softmax_equals_torchs_on_extreme_logits():
+    torch.manual_seed(0)
+    logits = torch.randn(5, 1001) * 30  # 1001 columns: not a whole number of vectors
+    logits[1, :] = 0.0  # all equal
+    logits[2, 7] = 1e4  # one dominates; the others underflow
+    targets = torch.tensor([0, 1000, 7, 500, 3])
+    log_probabilities = torch.log_softmax(logits, dim=-1)
+    expected_grad = log_probabilities.exp()
+    expected_grad[torch.arange(5), targets] -= 1.0
+    ours = logits.clone()
+    total = cross_entropy_gradient(ours, targets)
+    assert total == pytest.approx(-log_probabilities[torch.arange(5), targets].sum().item(), rel=1e-6)
+    torch.testing.assert_close(ours, expected_grad, **ROUNDING)
+    nan = torch.full((1, 40), float("nan"))
+    assert math.isnan(cross_entropy_gradient(nan, torch.tensor([3]))) and nan.isnan().all()  # NaN passes through
+
+
 def test_lora_bs_backward_equals_torchs_with_torchs_own_forward():
     torch.manual_seed(0)
     x, weight, grad = torch.randn(3, 50, 8), torch.randn(37, 8), torch.randn(3, 50, 37)
@@ -161,6 +180,7 @@ def test_a_model_trains_as_with_torch_ops(tiny_llama, monkeypatch):
         f"{7 * layers} LoRA dropouts",
         f"{7 * layers} LoRA B layers",
         f"{layers} packed attentions",
+        "1 loss softmax",
     ]
     attended = []
     monkeypatch.setattr(PackedAttention, "apply", lambda *a, apply=PackedAttention.apply: attended.append(1) or apply(*a))

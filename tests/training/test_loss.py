@@ -5,6 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from llm_tuning.data.encode import IGNORE_INDEX
+from llm_tuning.speed.cpu_kernels import cross_entropy_gradient
 from llm_tuning.training.loss import chunked_loss_unsupported_reason, labelled_loss
 
 
@@ -23,10 +24,13 @@ def grads(model) -> dict:
 
 @pytest.mark.parametrize("architecture", ["llama", "bloom"])
 @pytest.mark.parametrize("chunk_size", [4, 1024])
-def test_same_loss_and_gradients_as_full_logits(tiny_models, architecture, chunk_size):
+@pytest.mark.parametrize("softmax", ["torch", "C"])
+def test_same_loss_and_gradients_as_full_logits(tiny_models, architecture, chunk_size, softmax):
     model = AutoModelForCausalLM.from_pretrained(
         tiny_models[architecture], dtype=torch.float32
     )  # everything trains, tied head too
+    if softmax == "C":  # as train.cpu_kernels routes it
+        model.get_output_embeddings().cross_entropy_kernel = cross_entropy_gradient
     input_ids, labels = batch_with_prompts(model.config.vocab_size)
     items = int((labels[:, 1:] != IGNORE_INDEX).sum()) + 5  # as Trainer passes it under gradient accumulation
 

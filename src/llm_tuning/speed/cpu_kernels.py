@@ -11,6 +11,8 @@ What they replace, on a CPU in fp32:
 - packed rows' causal attention within each sample (packed_attention.packed_sdpa), where torch computes with one
   thread, as each part of a split step does: all samples in one call, the products through numpy's OpenBLAS and
   the softmax between them in C, instead of torch's flash kernel and a cat, one sample at a time;
+- the chunked loss's softmax and cross-entropy gradient per chunk of logits (loss.LabelledCrossEntropy), in one pass
+  fewer than torch's log_softmax and exp;
 - and, with no C, LoRA's B layers, their backward's products formed transposed (RankInputLinear).
 All but the dropout and LoRA B's forward (bit for bit torch's) equal torch's results to fp32 rounding (sums run in
 another order, exp is computed in C); tests/speed/test_cpu_kernels.py holds them to it. Other dtypes, devices or
@@ -31,7 +33,7 @@ from ..resume import RUN_RECORD_FILE
 from .activations import fused_gated_mlp_forward, gated_mlp_forward, lora_a_forward
 from .compile import is_llama_rms_norm
 from .cpu_kernels_build import blas_sgemm, c_compiler, kernels
-from .cpu_matmul import openblas_threads_as_torchs
+from .cpu_matmul import lm_head, openblas_threads_as_torchs
 
 SILU = ("SiLU", "SiLUActivation")  # activations.ACTIVATIONS' names for the one activation the kernels compute
 # tokens per block of packed attention (each block's product stacks the query heads that share a key/value head): of
@@ -160,6 +162,12 @@ def packed_attention(query, key, value, segments: list[list[int]], scale: float 
     return PackedAttention.apply(query, key, value, flat, query.shape[-1] ** -0.5 if scale is None else scale)
 
 
+def cross_entropy_gradient(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """In place, softmax(logits) less one at each row's target: the gradient of the summed cross-entropy with respect
+    to the logits (rows x vocabulary, fp32, contiguous; targets int64); returns that sum."""
+    return kernels().cross_entropy_gradient(logits.data_ptr(), targets.data_ptr(), *logits.shape)
+
+
 class RankInputLinear(torch.autograd.Function):
     """linear(x, weight) for LoRA's B, whose inputs have the adapter's rank r. Its backward's two products, grad @ weight
     and grad^T @ x, have r columns, and torch's CPU BLAS (MKL) forms such tall, narrow products several times slower
@@ -202,8 +210,8 @@ def is_attention(module) -> bool:
 
 
 def use_cpu_kernels(model) -> list[str]:
-    """Route `model`'s Llama-form RMSNorms, lean SiLU gated products, lean LoRA dropouts, LoRA B layers and attentions
-    (when packed) through the kernels, in place; says what was routed. Builds the kernels first, so a failure rewrites
+    """Route `model`'s Llama-form RMSNorms, lean SiLU gated products, lean LoRA dropouts, LoRA B layers, attentions
+    (when packed) and the chunked loss's softmax through the kernels, in place; says what was routed. Builds the kernels first, so a failure rewrites
     nothing."""
     kernels()
     norms = [m for m in model.modules() if is_llama_rms_norm(m)]
@@ -221,6 +229,10 @@ def use_cpu_kernels(model) -> list[str]:
         elif isinstance(forward, partial) and forward.func is lora_a_forward:
             module.forward = partial(lora_a_forward, *forward.args, apply_mask=dropout_apply)
             dropouts += 1
+    head = lm_head(model)
+    heads = [head] if type(head) is nn.Linear else []
+    for head in heads:
+        head.cross_entropy_kernel = cross_entropy_gradient  # labelled_loss looks for it
     lora_bs = plain_lora_bs(model)
     for lora_b in lora_bs:
         lora_b.forward = partial(lora_b_forward, lora_b)
@@ -230,7 +242,7 @@ def use_cpu_kernels(model) -> list[str]:
     if attentions:
         openblas_threads_as_torchs()
     counts = [(len(norms), "RMSNorms"), (products, "gated products"), (dropouts, "LoRA dropouts")]
-    counts += [(len(lora_bs), "LoRA B layers"), (len(attentions), "packed attentions")]
+    counts += [(len(lora_bs), "LoRA B layers"), (len(attentions), "packed attentions"), (len(heads), "loss softmax")]
     return [f"{count} {what}" for count, what in counts if count]
 
 
@@ -245,6 +257,7 @@ def use_torch_ops(model) -> None:
         ):
             module.forward = partial(forward.func, *forward.args)
         module.__dict__.pop("packed_attention_kernel", None)
+        module.__dict__.pop("cross_entropy_kernel", None)
 
 
 def cpu_kernels_choice(choice: str, on_cpu: bool, fp32: bool, compiled: bool, recorded: str | None = None) -> dict:

@@ -38,6 +38,7 @@ SIGNATURES = {  # name: (argument types, result type)
     "set_sgemm": ([FLOAT], None),
     "packed_attention_forward": ([FLOAT] * 6 + [INT] * 6 + [ctypes.c_float], ctypes.c_int),
     "packed_attention_backward": ([FLOAT] * 10 + [INT] * 6 + [ctypes.c_float], ctypes.c_int),
+    "cross_entropy_gradient": ([FLOAT, FLOAT, SIZE, SIZE], ctypes.c_double),
 }
 
 

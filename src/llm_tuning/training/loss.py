@@ -23,7 +23,7 @@ class LabelledCrossEntropy(torch.autograd.Function):
     plus the head's own size when the head trains)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, scale: float, chunk_size: int, library: str = "torch"):
+    def forward(ctx, hidden, weight, bias, targets, scale: float, chunk_size: int, library: str = "torch", softmax=None):
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if weight.requires_grad else None
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and bias.requires_grad else None
@@ -56,14 +56,17 @@ class LabelledCrossEntropy(torch.autograd.Function):
                     grad_logits.copy_(nn.functional.linear(h.to(weight.dtype), weight, bias))
             # d(loss)/d(logits) = softmax - one_hot(target), from the log-softmax; the scale goes on the small
             # products below, not on chunk x vocabulary values
-            if grad_logits.device.type == "cpu":  # in place: the CPU kernel reads a row before writing it
-                torch._log_softmax(grad_logits, -1, False, out=grad_logits)
+            if softmax and grad_logits.device.type == "cpu" and grad_logits.dtype == torch.float32:
+                total += softmax(grad_logits, y)  # the same in C, in fewer passes (speed/cpu_kernels.py)
             else:
-                grad_logits.copy_(torch.log_softmax(grad_logits, dim=-1))
-            picked = grad_logits.gather(1, y[:, None]).squeeze(-1)
-            total -= picked.sum()
-            grad_logits.exp_()
-            grad_logits[torch.arange(len(y), device=y.device), y] -= 1.0
+                if grad_logits.device.type == "cpu":  # in place: the CPU kernel reads a row before writing it
+                    torch._log_softmax(grad_logits, -1, False, out=grad_logits)
+                else:
+                    grad_logits.copy_(torch.log_softmax(grad_logits, dim=-1))
+                picked = grad_logits.gather(1, y[:, None]).squeeze(-1)
+                total -= picked.sum()
+                grad_logits.exp_()
+                grad_logits[torch.arange(len(y), device=y.device), y] -= 1.0
             grad_logits = grad_logits.to(weight.dtype)
             if library == "openblas":
                 openblas_linear(grad_logits, weight.t(), out=grad_hidden[start : start + chunk_size]).mul_(scale)
@@ -91,6 +94,7 @@ class LabelledCrossEntropy(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
 
 
@@ -114,8 +118,9 @@ def labelled_loss(hidden: torch.Tensor, head: nn.Linear, labels: torch.Tensor, n
     # to, unless that is oneDNN and each chunk's fresh logits would cost more than oneDNN gains
     library = library_of(head)
     library = library if head_follows_cpu_matmul(chunk_size, library) else "torch"
+    softmax = getattr(head, "cross_entropy_kernel", None)  # set by speed/cpu_kernels.py where it computes
     return LabelledCrossEntropy.apply(
-        selected, head.weight, head.bias, selected_targets, 1.0 / max(count, 1), chunk_size, library
+        selected, head.weight, head.bias, selected_targets, 1.0 / max(count, 1), chunk_size, library, softmax
     )
 
 
