@@ -21,6 +21,7 @@ import torch
 from torch.nn.functional import scaled_dot_product_attention
 
 from llm_tuning.speed import cpu_kernels
+from llm_tuning.speed.cpu_matmul import openblas_threads_as_torchs
 from lora_mfu import SHAPES, flops_per_token
 
 SHAPE = SHAPES["smollm2-135m"]
@@ -70,6 +71,7 @@ def main() -> None:
     if args.threads < 1 or min(args.lengths + args.blocks) < 1:
         parser.error("--threads, --lengths and --blocks take whole numbers of at least 1")
     torch.set_num_threads(args.threads)
+    openblas_threads_as_torchs()  # as training sets them: else the C kernel's products take OpenBLAS's own threads
     torch.manual_seed(0)
     kernels = {"torch flash": flash, **{f"C, block {block}": c_kernel(block) for block in args.blocks}}
     if args.threads != 1:  # the C kernel is single-threaded; packed_attention leaves more threads to torch

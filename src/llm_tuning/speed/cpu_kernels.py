@@ -165,6 +165,7 @@ def packed_attention(query, key, value, segments: list[list[int]], scale: float 
 def cross_entropy_gradient(logits: torch.Tensor, targets: torch.Tensor) -> float:
     """In place, softmax(logits) less one at each row's target: the gradient of the summed cross-entropy with respect
     to the logits (rows x vocabulary, fp32, contiguous; targets int64); returns that sum."""
+    targets = targets.to(torch.int64).contiguous()
     return kernels().cross_entropy_gradient(logits.data_ptr(), targets.data_ptr(), *logits.shape)
 
 
@@ -211,8 +212,8 @@ def is_attention(module) -> bool:
 
 def use_cpu_kernels(model) -> list[str]:
     """Route `model`'s Llama-form RMSNorms, lean SiLU gated products, lean LoRA dropouts, LoRA B layers, attentions
-    (when packed) and the chunked loss's softmax through the kernels, in place; says what was routed. Builds the kernels first, so a failure rewrites
-    nothing."""
+    (when packed) and the chunked loss's softmax through the kernels, in place; says what was routed. Builds the
+    kernels first, so a failure rewrites nothing."""
     kernels()
     norms = [m for m in model.modules() if is_llama_rms_norm(m)]
     for norm in norms:
@@ -230,9 +231,9 @@ def use_cpu_kernels(model) -> list[str]:
             module.forward = partial(lora_a_forward, *forward.args, apply_mask=dropout_apply)
             dropouts += 1
     head = lm_head(model)
-    heads = [head] if type(head) is nn.Linear else []
-    for head in heads:
-        head.cross_entropy_kernel = cross_entropy_gradient  # labelled_loss looks for it
+    lm_heads = [head] if type(head) is nn.Linear else []
+    for head in lm_heads:
+        head.cross_entropy_kernel = cross_entropy_gradient  # loss.labelled_loss looks for it
     lora_bs = plain_lora_bs(model)
     for lora_b in lora_bs:
         lora_b.forward = partial(lora_b_forward, lora_b)
@@ -242,7 +243,7 @@ def use_cpu_kernels(model) -> list[str]:
     if attentions:
         openblas_threads_as_torchs()
     counts = [(len(norms), "RMSNorms"), (products, "gated products"), (dropouts, "LoRA dropouts")]
-    counts += [(len(lora_bs), "LoRA B layers"), (len(attentions), "packed attentions"), (len(heads), "loss softmax")]
+    counts += [(len(lora_bs), "LoRA B layers"), (len(attentions), "packed attentions"), (len(lm_heads), "loss softmax")]
     return [f"{count} {what}" for count, what in counts if count]
 
 

@@ -56,7 +56,7 @@ class LabelledCrossEntropy(torch.autograd.Function):
                     grad_logits.copy_(nn.functional.linear(h.to(weight.dtype), weight, bias))
             # d(loss)/d(logits) = softmax - one_hot(target), from the log-softmax; the scale goes on the small
             # products below, not on chunk x vocabulary values
-            if softmax and grad_logits.device.type == "cpu" and grad_logits.dtype == torch.float32:
+            if softmax and grad_logits.device.type == "cpu":  # fp32 and contiguous there, whichever library multiplied
                 total += softmax(grad_logits, y)  # the same in C, in fewer passes (speed/cpu_kernels.py)
             else:
                 if grad_logits.device.type == "cpu":  # in place: the CPU kernel reads a row before writing it
