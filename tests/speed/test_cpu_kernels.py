@@ -1,7 +1,7 @@
-"""train.cpu_kernels: the C kernels give torch's results (the dropout bit for bit; the norms, gated products and packed
-attention to fp32 rounding, infinities and NaN included), in a whole model's loss and gradients too; inputs they
-cannot take go to torch; without a compiler `auto` uses torch's ops and says why, and a resumed run computes as it
-started."""
+"""train.cpu_kernels: the C kernels give torch's results (the dropout bit for bit; the norms, gated products, packed
+attention, the loss's softmax and LoRA B's backward to fp32 rounding, infinities and NaN included), in a whole model's
+loss and gradients too; inputs they cannot take go to torch; without a compiler `auto` uses torch's ops and says why,
+and a resumed run computes as it started."""
 
 import json
 import math
