@@ -153,6 +153,18 @@ static float sum(const float *restrict a, ptrdiff_t n) {
     return total;
 }
 
+/* softmax(scale * a) over a's n values, in place (scale > 0); returns their log-sum-exp, log(sum(exp(scale * a))) */
+static float softmax_in_place(float *restrict a, ptrdiff_t n, float scale) {
+    float top = largest(a, n);
+    for (ptrdiff_t j = 0; j < n; j++)
+        a[j] = exp_f32((a[j] - top) * scale);
+    float total = sum(a, n);
+    float inverse = 1.0f / total;
+    for (ptrdiff_t j = 0; j < n; j++)
+        a[j] *= inverse;
+    return top * scale + __builtin_logf(total);
+}
+
 /* A block's stack of query rows: tokens first .. first + tokens - 1 of a group's heads (span = group * dim floats side by
  * side per token, ld apart) copied into `stack`, and a stack copied back into that layout */
 static void stack_rows(float *restrict stack, const float *restrict heads, int64_t ld, int64_t first, int64_t tokens,
@@ -174,16 +186,9 @@ static void causal_softmax(float *scores, int64_t stacked, int64_t group, int64_
     for (int64_t i = 0; i < stacked; i++) {
         float *row = scores + i * width;
         int64_t t = i / group, keys = first + t + 1;
-        float top = largest(row, keys);
-        for (int64_t j = 0; j < keys; j++)
-            row[j] = exp_f32((row[j] - top) * scale);
-        float total = sum(row, keys);
-        float inverse = 1.0f / total;
-        for (int64_t j = 0; j < keys; j++)
-            row[j] *= inverse;
+        lse[(i % group) * tokens + first + t] = softmax_in_place(row, keys, scale);
         for (int64_t j = keys; j < width; j++)
             row[j] = 0.0f;
-        lse[(i % group) * tokens + first + t] = top * scale + __builtin_logf(total);
     }
 }
 
@@ -301,15 +306,9 @@ double cross_entropy_gradient(float *restrict logits, const int64_t *restrict ta
     double total = 0.0;
     for (ptrdiff_t r = 0; r < rows; r++) {
         float *row = logits + r * cols;
-        float top = largest(row, cols), target = row[targets[r]];
-        for (ptrdiff_t j = 0; j < cols; j++)
-            row[j] = exp_f32(row[j] - top);
-        float total_exp = sum(row, cols);
-        float inverse = 1.0f / total_exp;
-        for (ptrdiff_t j = 0; j < cols; j++)
-            row[j] *= inverse;
+        float target = row[targets[r]];
+        total += (double)(softmax_in_place(row, cols, 1.0f) - target);
         row[targets[r]] -= 1.0f;
-        total += (double)(top + __builtin_logf(total_exp) - target);
     }
     return total;
 }
