@@ -54,19 +54,10 @@ class LabelledCrossEntropy(torch.autograd.Function):
                         grad_logits += bias
                 else:
                     grad_logits.copy_(nn.functional.linear(h.to(weight.dtype), weight, bias))
-            # d(loss)/d(logits) = softmax - one_hot(target), from the log-softmax; the scale goes on the small
-            # products below, not on chunk x vocabulary values
-            if softmax and grad_logits.device.type == "cpu":  # fp32 and contiguous there, whichever library multiplied
-                total += softmax(grad_logits, y)  # the same in C, in fewer passes (speed/cpu_kernels.py)
-            else:
-                if grad_logits.device.type == "cpu":  # in place: the CPU kernel reads a row before writing it
-                    torch._log_softmax(grad_logits, -1, False, out=grad_logits)
-                else:
-                    grad_logits.copy_(torch.log_softmax(grad_logits, dim=-1))
-                picked = grad_logits.gather(1, y[:, None]).squeeze(-1)
-                total -= picked.sum()
-                grad_logits.exp_()
-                grad_logits[torch.arange(len(y), device=y.device), y] -= 1.0
+            # the scale goes on the small products below, not on chunk x vocabulary values. On a CPU the logits are
+            # fp32 and contiguous, whichever library multiplied, as the C kernel (speed/cpu_kernels.py) needs
+            on_cpu = grad_logits.device.type == "cpu"
+            total += (softmax if softmax and on_cpu else cross_entropy_gradient)(grad_logits, y)
             grad_logits = grad_logits.to(weight.dtype)
             if library == "openblas":
                 openblas_linear(grad_logits, weight.t(), out=grad_hidden[start : start + chunk_size]).mul_(scale)
@@ -96,6 +87,19 @@ class LabelledCrossEntropy(torch.autograd.Function):
             None,
             None,
         )
+
+
+def cross_entropy_gradient(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """In place, softmax(logits) less one at each row's target: d(loss)/d(logits), from the log-softmax; returns the
+    summed cross-entropy. With torch's ops; speed/cpu_kernels.py computes the same in C."""
+    if logits.device.type == "cpu":  # in place: the CPU kernel reads a row before writing it
+        torch._log_softmax(logits, -1, False, out=logits)
+    else:
+        logits.copy_(torch.log_softmax(logits, dim=-1))
+    total = -logits.gather(1, targets[:, None]).squeeze(-1).sum()
+    logits.exp_()
+    logits[torch.arange(len(targets), device=targets.device), targets] -= 1.0
+    return total
 
 
 def labelled_loss(hidden: torch.Tensor, head: nn.Linear, labels: torch.Tensor, num_items_in_batch=None, chunk_size: int = 1024):
