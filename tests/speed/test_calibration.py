@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from helpers import lora_model, run_config, torch_equal
 from llm_tuning import train
-from llm_tuning.speed import calibration
+from llm_tuning.speed import calibration, cpu_matmul
 from llm_tuning.speed.cpu_matmul import PARTS, everywhere, frozen_linears, library_of, offered_libraries
 
 ALL = ("torch", "onednn", "openblas")
@@ -63,6 +63,15 @@ def test_auto_takes_the_library_measured_fastest_for_each_part(tiny_llama, cache
     assert candidates == {library: everywhere(library) for library in ALL}
     assert all(f"{part}: torch 1" in choice["why"] for part in PARTS) and "256 tokens" in choice["why"]
     assert "with 1 thread," in choice["why"]
+
+
+def test_a_library_whose_products_are_wrong_is_never_chosen(tiny_llama, cache, monkeypatch, offered):
+    calls = timed(monkeypatch, {("layers", "openblas"): 0.5, ("head", "openblas"): 0.5, ("head", "onednn"): 0.8})
+    monkeypatch.setitem(cpu_matmul.PRODUCTS, "openblas", lambda x, weight: x @ weight.t() * 1.01)  # fast and wrong
+    choice = calibration.choose_cpu_matmul(lora_model(tiny_llama), "auto", no_pass, 64, threads_per_pass=1)
+    assert [list(candidates) for candidates in calls] == [["torch", "onednn"]]  # not even timed
+    assert (choice["layers"], choice["head"]) == ("torch", "onednn")
+    assert "left out, as their products differ from torch's here: openblas (relative error 1.0e-02)" in choice["why"]
 
 
 def test_openblas_is_measured_only_with_one_thread_per_process(tiny_llama, cache, monkeypatch, offered):

@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from helpers import assert_only_trainable_tensors_changed, lora_model, run_config, train_capturing_model
 from llm_tuning.data.encode import IGNORE_INDEX
+from llm_tuning.speed import cpu_matmul
 from llm_tuning.speed.cpu_matmul import (
     everywhere,
     library_of,
@@ -16,6 +17,7 @@ from llm_tuning.speed.cpu_matmul import (
     numpy_uses_openblas,
     onednn_linear,
     openblas_linear,
+    product_error,
     switched_linear_forward,
     threads,
 )
@@ -152,3 +154,23 @@ def test_openblas_computes_with_as_many_threads_as_torch(tiny_llama):
     finally:
         torch.set_num_threads(torch_threads)
         threadpool_limits(limits=blas_threads[0], user_api="blas")
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_a_library_that_multiplies_right_shows_only_rounding_error(library):
+    weight = torch.randn(2100, 96, generator=torch.Generator().manual_seed(3))  # more rows than are checked
+    assert product_error(library, weight) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        lambda x, weight: x @ weight.t() * 1.01,  # slightly wrong
+        lambda x, weight: torch.full((x.shape[0], weight.shape[0]), float("nan")),  # not finite
+        lambda x, weight: x @ weight.t() + (weight.stride(0) == 1),  # wrong on the transposed view alone (backward)
+        lambda x, weight: 1 / 0,  # fails
+    ],
+)
+def test_a_library_that_multiplies_wrong_is_caught(monkeypatch, broken):
+    monkeypatch.setitem(cpu_matmul.PRODUCTS, "openblas", broken)
+    assert product_error("openblas", torch.randn(64, 32)) > 1e-3

@@ -4,18 +4,20 @@ timed alone nor by a rule written for one CPU.
 Before training, the start of the run's first micro-batch goes forward and backward through the model as training
 computes it (as many rows and threads as each process computes: one thread and a part's rows where the step is split
 over the cores), alternately with each library offered (torch's products, MKL on x86; oneDNN's; numpy's OpenBLAS, only
-where a process computes with one thread: cpu_matmul.py); the median of a few passes, after one with each that warms
-it up. Each pass is timed in two parts, for which the library is chosen apart: the model's LM head (from the decoder's
-last hidden states to the loss, where the chunked loss also forms the head's gradients) and the layers (the rest);
-the head is measured only with the libraries training would multiply it with (loss.py). Another library than torch's
-is chosen only when it is clearly faster. Products timed alone mislead: on an AMD Zen 4 limited to AVX2, oneDNN
-multiplies the layers' shapes faster alone and runs the step slower; and on a Zen 3, where split steps run 1.1x as fast
-on OpenBLAS as on MKL, passes of one row that timed each part in turn, the other on MKL, ranked them about equal
-(docs/speed.md). The passes leave the training as they found it (random state, gradients, train/eval mode), so a run
-that measures computes exactly what a run that found the answer cached does. The answer is cached per CPU model,
-instruction-set limits, torch version, threads, allocator, libraries offered, the model's product shapes and the
-tokens measured, to the next power of two (files.cache_dir()/speed), so a later run on the same machine measures
-nothing. Which libraries won, and why, goes into the run summary's `speed_choices`.
+where a process computes with one thread: cpu_matmul.py); the median of a few passes, after one with each that warms it
+up. Each pass is timed in two parts, for which the library is chosen apart: the model's LM head (from the decoder's last
+hidden states to the loss, where the chunked loss also forms the head's gradients) and the layers (the rest); the head
+is measured only with the libraries training would multiply it with (loss.py). Another library than torch's is chosen
+only when it is clearly faster, and only after its products with the model's own weights have matched exact ones: a
+library that misses them (some BLAS builds miscompute on CPUs newer than they know) is left out, and `why` says so.
+Products timed alone mislead: on an AMD Zen 4 limited to AVX2, oneDNN multiplies the layers' shapes faster alone and
+runs the step slower; and on a Zen 3, where split steps run 1.1x as fast on OpenBLAS as on MKL, passes of one row that
+timed each part in turn, the other on MKL, ranked them about equal (docs/speed.md). The passes leave the training as
+they found it (random state, gradients, train/eval mode), so a run that measures computes exactly what a run that found
+the answer cached does. The answer is cached per CPU model, instruction-set limits, torch and numpy versions, threads,
+allocator, libraries offered, the model's product shapes and the tokens measured, to the next power of two
+(files.cache_dir()/speed), so a later run on the same machine measures nothing. Which libraries won, and why, goes into
+the run summary's `speed_choices`.
 """
 
 from __future__ import annotations
@@ -31,16 +33,27 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import UserError
 from ..files import cache_dir, write_json
 from .allocator import active_allocator
-from .cpu_matmul import PARTS, everywhere, frozen_linears, multiply_as, offered_libraries, threads, use_torch_matmul
+from .cpu_matmul import (
+    PARTS,
+    everywhere,
+    frozen_linears,
+    multiply_as,
+    offered_libraries,
+    product_error,
+    threads,
+    use_torch_matmul,
+)
 
 ROUNDS = 3  # the median of three: one pass that a quiet moment made fast decides nothing
 MAX_TOKENS = 1024  # per process: two rows of 384 tokens rank the libraries as four do (benchmarks/step_matmul.py)
 MARGIN = 0.97  # another library must take less than 97% of torch's time: ties and noise keep torch's default path
+MAX_ERROR = 1e-3  # of a product's largest magnitude: fp32 rounding stays near 1e-6 here, a miscomputing BLAS far above
 ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "OPENBLAS_CORETYPE")
 
 
@@ -78,6 +91,9 @@ def choose_cpu_matmul(
     if key in known:
         return {**known[key], "why": known[key]["why"] + " (measured before on this CPU, cached)"}
     started = time.perf_counter()
+    wrong = wrong_libraries(parts, candidates)
+    candidates = {part: [lib for lib in measured if lib not in wrong] for part, measured in candidates.items()}
+    candidates = {part: measured for part, measured in candidates.items() if len(measured) > 1}
     libraries = list(dict.fromkeys(library for measured in candidates.values() for library in measured))
     with threads(threads_per_pass):
         timed = measure(model, one_pass, {library: passes_with(library, candidates) for library in libraries})
@@ -87,11 +103,14 @@ def choose_cpu_matmul(
         for part, measured in seconds.items()
     )
     thread_count = f"{threads_per_pass} thread" + ("s" if threads_per_pass > 1 else "")
+    left_out = "; left out, as their products differ from torch's here: " + ", ".join(
+        f"{library} (relative error {error:.1e})" for library, error in wrong.items()
+    )
     choice = {
         **everywhere("torch"),
         **{part: fastest(measured) for part, measured in seconds.items()},
         "why": f"measured on a training pass (forward and backward) of {tokens} tokens of the first batch, with "
-        f"{thread_count}, each part timed apart: {timings}",
+        f"{thread_count}, each part timed apart: {timings or 'torch alone'}" + (left_out if wrong else ""),
         "seconds": seconds,
     }
     _write(cache, {**known, key: choice})
@@ -105,6 +124,15 @@ def candidate_libraries(parts: dict, head_follows: Callable[[str], bool], thread
     offered = [library for library in offered_libraries() if library != "openblas" or threads_per_pass == 1]
     candidates = {part: [lib for lib in offered if part != "head" or head_follows(lib)] for part in parts}
     return {part: libraries for part, libraries in candidates.items() if len(libraries) > 1}
+
+
+def wrong_libraries(parts: dict, candidates: dict[str, list[str]]) -> dict[str, float]:
+    """{library: its largest relative error} for each library but torch's in `candidates` whose products with one
+    weight of each shape in `parts` (frozen_linears' answer) miss the exact ones by more than MAX_ERROR."""
+    weights = {tuple(m.weight.shape): m.weight for found in parts.values() for m in found}
+    libraries = {library for measured in candidates.values() for library in measured} - {"torch"}
+    errors = {library: max(product_error(library, weight) for weight in weights.values()) for library in sorted(libraries)}
+    return {library: error for library, error in errors.items() if error > MAX_ERROR}
 
 
 def passes_with(library: str, candidates: dict[str, list[str]]) -> dict[str, str]:
@@ -158,12 +186,13 @@ def training_untouched(model):
 
 
 def machine_key(shapes: Counter, tokens: int, threads_per_pass: int, candidates: dict) -> str:
-    """What the measurement depends on: the CPU and its instruction-set limits, torch, threads, malloc, the libraries
-    measured, the model's product shapes and about how many tokens were measured."""
+    """What the measurement depends on: the CPU and its instruction-set limits, torch, numpy, threads, malloc, the
+    libraries measured, the model's product shapes and about how many tokens were measured."""
     parts = {
         "cpu": cpu_model(),
         "limits": {name: os.environ.get(name) for name in ISA_LIMITS},
         "torch": torch.__version__,
+        "numpy": np.__version__,  # numpy's wheels ship OpenBLAS: another build is checked and timed afresh
         "threads": threads_per_pass,
         "allocator": active_allocator(),
         "candidates": candidates,

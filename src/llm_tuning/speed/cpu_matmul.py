@@ -50,6 +50,29 @@ def openblas_linear(x, weight, bias=None, out=None):
 
 
 PRODUCTS = {"onednn": onednn_linear, "openblas": openblas_linear}
+CHECKED_ROWS = 2048  # of a weight, for product_error: enough for every kernel's blocking, cheap even for an LM head
+
+
+def product_error(library: str, weight: torch.Tensor) -> float:
+    """The largest error of `library`'s two products with `weight` in training (the forward x @ W.T and, on a
+    transposed view as the backward passes it, g @ W), on random rows and the weight's first CHECKED_ROWS rows,
+    relative to the largest magnitude of the exact (float64) product; infinite where a result is not finite or the
+    library fails. Some BLAS builds miscompute on CPUs newer than they know (which is why some machines set
+    OPENBLAS_CORETYPE): a fast library that is wrong must never be chosen."""
+    generator = torch.Generator().manual_seed(0)  # a generator of its own: training's random state is not drawn from
+    sample = weight.detach()[:CHECKED_ROWS]
+    worst = 0.0
+    for operand in (sample, sample.t()):
+        x = torch.randn(33, operand.shape[1], generator=generator)  # an odd row count: the kernels' edge cases too
+        exact = x.double() @ operand.double().t()
+        try:
+            got = PRODUCTS[library](x, operand).double()
+        except Exception:  # noqa: BLE001 - a library that cannot multiply here is as unusable as a wrong one
+            return float("inf")
+        if not torch.isfinite(got).all():
+            return float("inf")
+        worst = max(worst, ((got - exact).abs().max() / exact.abs().max().clamp_min(1e-30)).item())
+    return worst
 
 
 class FrozenLinear(torch.autograd.Function):
