@@ -151,8 +151,9 @@ class TrainConfig:
         "auto",
         "Which library multiplies frozen fp32 linear layers on a CPU: `torch` (MKL on x86), `onednn`, `openblas` (numpy's; "
         "its threads fight torch's unless the step is split over the cores), or `auto`: for the model's layers and for "
-        "its LM head apart, the one measured faster on a training pass of the run's first batch at start-up (cached per "
-        "CPU; the run summary's `speed_choices` says which and why; docs/speed.md).",
+        "its LM head apart, the one measured faster on a training pass of the run's first batch at start-up, among those "
+        "whose products match exact ones on the model's own weights (cached per CPU; the run summary's `speed_choices` "
+        "says which and why; docs/speed.md).",
         choices=("auto", "torch", "onednn", "openblas"),
     )
     cpu_kernels: str = option(
