@@ -92,8 +92,7 @@ def choose_cpu_matmul(
         return {**known[key], "why": known[key]["why"] + " (measured before on this CPU, cached)"}
     started = time.perf_counter()
     wrong = wrong_libraries(parts, candidates)
-    candidates = {part: [lib for lib in measured if lib not in wrong] for part, measured in candidates.items()}
-    candidates = {part: measured for part, measured in candidates.items() if len(measured) > 1}
+    candidates = candidate_libraries(parts, head_follows, threads_per_pass, left_out=wrong)
     libraries = list(dict.fromkeys(library for measured in candidates.values() for library in measured))
     with threads(threads_per_pass):
         timed = measure(model, one_pass, {library: passes_with(library, candidates) for library in libraries})
@@ -103,25 +102,28 @@ def choose_cpu_matmul(
         for part, measured in seconds.items()
     )
     thread_count = f"{threads_per_pass} thread" + ("s" if threads_per_pass > 1 else "")
-    left_out = "; left out, as their products differ from torch's here: " + ", ".join(
-        f"{library} (relative error {error:.1e})" for library, error in wrong.items()
-    )
+    left_out = ", ".join(f"{library} (relative error {error:.1e})" for library, error in wrong.items())
     choice = {
         **everywhere("torch"),
         **{part: fastest(measured) for part, measured in seconds.items()},
         "why": f"measured on a training pass (forward and backward) of {tokens} tokens of the first batch, with "
-        f"{thread_count}, each part timed apart: {timings or 'torch alone'}" + (left_out if wrong else ""),
+        f"{thread_count}, each part timed apart: {timings or 'torch alone'}"
+        + (f"; left out, as their products differ from torch's here: {left_out}" if wrong else ""),
         "seconds": seconds,
     }
     _write(cache, {**known, key: choice})
     return {**choice, "why": choice["why"] + f"; measuring took {time.perf_counter() - started:.1f} s"}
 
 
-def candidate_libraries(parts: dict, head_follows: Callable[[str], bool], threads_per_pass: int) -> dict[str, list[str]]:
+def candidate_libraries(
+    parts: dict, head_follows: Callable[[str], bool], threads_per_pass: int, left_out=()
+) -> dict[str, list[str]]:
     """The libraries to measure for each of `parts` (frozen_linears' answer): those offered here (OpenBLAS only with
-    one thread per process); for the head, those training would multiply it with. A part with torch's alone is not
-    measured."""
-    offered = [library for library in offered_libraries() if library != "openblas" or threads_per_pass == 1]
+    one thread per process) but those `left_out`; for the head, those training would multiply it with. A part with
+    torch's alone is not measured."""
+    offered = [
+        library for library in offered_libraries() if library not in left_out and (library != "openblas" or threads_per_pass == 1)
+    ]
     candidates = {part: [lib for lib in offered if part != "head" or head_follows(lib)] for part in parts}
     return {part: libraries for part, libraries in candidates.items() if len(libraries) > 1}
 
